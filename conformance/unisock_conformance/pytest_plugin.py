@@ -1,0 +1,1 @@
+"""pytest plugin entry point for running the Unisock conformance suite from pytest."""

@@ -1,0 +1,553 @@
+"""The asyncio server: a thin adapter between ``websockets`` and :class:`SessionCore`.
+
+It owns sockets, timers, the outbound queues and the fan-out index; every protocol decision is
+the core's. Fan-out encodes each event once: the broker builds the JSON frame, this module
+builds the WebSocket frame once, and the same bytes are written to every recipient's transport.
+A recipient that is not keeping up gets its frames queued (bounded by ``max_queue``) instead of
+stalling anyone else, and is cut with 4200 when the queue overflows (UNI-LIM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.protocol import State as WsState
+
+from unisock._version import PROTOCOL_TOKEN
+from unisock.auth import TokenVerifier
+from unisock.broker import Broker, ChannelKey, PublishResult, StoredEvent
+from unisock.config import EventTypeRegistry, ServerConfig
+from unisock.errors import Unavailable
+from unisock.memory_broker import MemoryBroker
+from unisock.messages import add_coalesced, encode_event_frame
+from unisock.metrics import Metrics
+from unisock.session import (
+    Action,
+    Authenticated,
+    Close,
+    Deliver,
+    InternalFailure,
+    RefuseUnlessDuplicate,
+    Revoked,
+    Send,
+    SessionCore,
+    StartPublish,
+    StartSubscribe,
+    StopSubscribe,
+)
+from unisock.settings import Settings
+from unisock.wsframe import text_frame
+
+__all__ = ["UnisockServer", "run_server"]
+
+log = logging.getLogger("unisock.server")
+
+HIGH_WATER = 64 * 1024
+"""Transport buffer size above which frames wait in the connection's own queue."""
+
+RETRY_AFTER_UNAVAILABLE_MS = 1000
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds: offsets' timestamps and token expiry are wall-clock based."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class _Queued:
+    """A frame waiting for a slow transport; events keep what coalescing needs."""
+
+    data: bytes
+    event: StoredEvent | None = None
+    coalesced: tuple[int, ...] = ()
+
+
+@dataclass(eq=False, slots=True)
+class _Conn:
+    """One live connection: its socket, its core and its outbound queue."""
+
+    ws: ServerConnection
+    core: SessionCore
+    tenant: str | None = None
+    index: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    queue: deque[_Queued] = field(default_factory=deque)
+    timer: asyncio.TimerHandle | None = None
+    closing: bool = False
+    writer: asyncio.Task[None] | None = None
+
+
+class _Index:
+    """Which connections can possibly want an event, so the predicate runs only on those.
+
+    Exact subscriptions are indexed by channel key; wildcard ones by scope (tenant, owner,
+    namespace). The delivery predicate still decides for every candidate (UNI-DEL).
+    """
+
+    def __init__(self) -> None:
+        self.exact: dict[ChannelKey, set[_Conn]] = {}
+        self.scoped: dict[tuple[str | None, str | None, str], set[_Conn]] = {}
+
+    def add(self, conn: _Conn, action: StartSubscribe) -> None:
+        if action.head is not None:
+            self.exact.setdefault(action.head, set()).add(conn)
+            conn.index[action.pattern.text] = ("exact", action.head)
+        else:
+            self.scoped.setdefault(action.scope, set()).add(conn)
+            conn.index[action.pattern.text] = ("scoped", action.scope)
+
+    def remove(self, conn: _Conn, pattern: str) -> None:
+        entry = conn.index.pop(pattern, None)
+        if entry is None:
+            return
+        kind, key = entry
+        still = any(other == entry for other in conn.index.values())
+        if still:
+            return
+        table: dict[Any, set[_Conn]] = self.exact if kind == "exact" else self.scoped
+        members = table.get(key)
+        if members is not None:
+            members.discard(conn)
+            if not members:
+                del table[key]
+
+    def drop(self, conn: _Conn) -> None:
+        for pattern in list(conn.index):
+            self.remove(conn, pattern)
+
+    def candidates(self, key: ChannelKey) -> Iterable[_Conn]:
+        exact = self.exact.get(key)
+        if key.owner is not None:
+            scope: tuple[str | None, str | None, str] = (key.tenant, key.owner, "$me")
+        elif key.tenant is None:
+            scope = (None, None, "$sys")
+        else:
+            scope = (key.tenant, None, "tenant")
+        scoped = self.scoped.get(scope)
+        if exact and scoped:
+            return exact | scoped
+        return exact or scoped or ()
+
+
+class UnisockServer:
+    """One server node: connections, fan-out, drain, health and metrics."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker | None = None,
+        *,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.config: ServerConfig = settings.server
+        self.verifier = TokenVerifier(settings.auth)
+        self.registry = EventTypeRegistry.from_config(self.config)
+        self.clock = clock
+        self.broker: Broker = broker or MemoryBroker(
+            history_max_count=self.config.history_max_count,
+            history_max_age_ms=self.config.history_max_age_ms,
+            dedup_window_ms=self.config.dedup_window_ms,
+            clock=clock,
+            encode_frame=encode_event_frame,
+        )
+        self.metrics = Metrics()
+        self.conns: dict[str, _Conn] = {}
+        self.index = _Index()
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._server: Server | None = None
+        self.broker.add_listener(self._on_event)
+        self.broker.add_supersede_listener(self._on_supersede)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        """Listen; returns the bound (host, port) (port 0 lets the OS choose)."""
+        await self.broker.start()
+        self._server = await serve(
+            self._handler,
+            host,
+            port,
+            subprotocols=[PROTOCOL_TOKEN],  # type: ignore[list-item]  # UNI-TR: refuse others
+            process_request=self._process_request,
+            compression=None,  # encode once: no per-connection deflate state
+            max_size=self.config.max_message_bytes,  # UNI-LIM: larger frames close with 1009
+            ping_interval=None,  # UNI-HB: heartbeats are application-level
+            max_queue=4,
+            server_header=None,
+        )
+        sock = next(iter(self._server.sockets))
+        bound = sock.getsockname()
+        return str(bound[0]), int(bound[1])
+
+    async def close(self) -> None:
+        """Stop listening and close every connection (1001) and the broker."""
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            await self._server.wait_closed()
+        await self.broker.close()
+
+    async def drain(self, window_ms: int | None = None) -> None:
+        """Tell every client to reconnect elsewhere, spread over the window (UNI-CLOSE drain)."""
+        self.draining = True
+        for conn in list(self.conns.values()):
+            self._apply_sync(conn, conn.core.drain(window_ms))
+            self._schedule(conn)
+        window = self.config.drain_window_ms if window_ms is None else window_ms
+        if self.conns:
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), window / 1000 + 5)
+
+    # -- HTTP side: health, metrics, origin ----------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
+            status = HTTPStatus.SERVICE_UNAVAILABLE if self.draining else HTTPStatus.OK
+            body = json.dumps({"status": "draining" if self.draining else "ok"}) + "\n"
+            return connection.respond(status, body)
+        if path == "/metrics":
+            response = connection.respond(HTTPStatus.OK, self.metrics.render().decode())
+            response.headers["Content-Type"] = "text/plain; version=0.0.4"
+            return response
+        if self.draining:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
+        origin = request.headers.get("Origin")
+        if not self.config.origin_allowed(origin):
+            return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")  # UNI-SEC
+        return None
+
+    # -- one connection ------------------------------------------------------------------------
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        core = SessionCore(self.config, self.verifier, uuid.uuid4().hex, self.clock, self.registry)
+        conn = _Conn(ws, core)
+        self.conns[core.connection_id] = conn
+        self._schedule(conn)
+        try:
+            async for message in ws:
+                self.metrics.messages_in.inc()
+                if isinstance(message, str):
+                    actions = core.receive_text(message)
+                else:
+                    actions = core.receive_binary()
+                await self._apply(conn, actions)
+                if conn.closing:
+                    break
+                self._schedule(conn)
+        except ConnectionClosed:
+            pass
+        finally:
+            await self._cleanup(conn)
+
+    async def _cleanup(self, conn: _Conn) -> None:
+        conn.core.connection_closed()
+        if conn.timer is not None:
+            conn.timer.cancel()
+        if conn.writer is not None:
+            conn.writer.cancel()
+        self.index.drop(conn)
+        self.conns.pop(conn.core.connection_id, None)
+        if not self.conns:
+            self._idle.set()
+        identity = conn.core.identity
+        if identity is not None and conn.tenant is not None:
+            self.metrics.connections.labels(identity.tenant).dec()
+            if not identity.is_broadcaster:
+                with contextlib.suppress(Exception):
+                    await self.broker.unregister_connection(
+                        identity.tenant, identity.sub, conn.core.connection_id
+                    )
+        if conn.ws.state is not WsState.CLOSED:
+            with contextlib.suppress(Exception):
+                await conn.ws.close()
+
+    async def _apply(self, conn: _Conn, actions: list[Action]) -> None:
+        """Carry out the core's actions in order; broker work is awaited in place."""
+        for action in actions:
+            if isinstance(action, StartSubscribe):
+                self.index.add(conn, action)
+                await self._subscribe(conn, action)
+            elif isinstance(action, StartPublish):
+                await self._publish(conn, action)
+            elif isinstance(action, RefuseUnlessDuplicate):
+                await self._refuse_unless_duplicate(conn, action)
+            elif isinstance(action, Authenticated):
+                await self._authenticated(conn, action)
+            else:
+                self._apply_one(conn, action)
+
+    def _apply_sync(self, conn: _Conn, actions: list[Action]) -> None:
+        """Actions produced outside the reader (timers, supersede, fan-out): never broker work."""
+        for action in actions:
+            self._apply_one(conn, action)
+
+    def _apply_one(self, conn: _Conn, action: Action) -> None:
+        if isinstance(action, Send):
+            self._write(conn, action.frame.encode())
+        elif isinstance(action, Deliver):
+            self._write_event(conn, text_frame(action.event.frame.encode()), action.event)
+        elif isinstance(action, Close):
+            self._close(conn, action.code, action.reason)
+        elif isinstance(action, StopSubscribe):
+            self.index.remove(conn, action.pattern)
+        elif isinstance(action, InternalFailure):
+            log.error(
+                "internal failure on connection %s: %s",
+                conn.core.connection_id,
+                type(action.error).__name__,
+                exc_info=action.error,
+            )
+        elif isinstance(action, Revoked):
+            pass  # each revoked pattern also produced a StopSubscribe
+        else:  # pragma: no cover - the Action union is closed
+            raise TypeError(f"unexpected action {action!r}")
+
+    async def _authenticated(self, conn: _Conn, action: Authenticated) -> None:
+        identity = action.identity
+        conn.tenant = identity.tenant
+        self.metrics.connections.labels(identity.tenant).inc()
+        self._schedule(conn)
+        if identity.is_broadcaster:
+            return  # UNI-SESS: broadcaster connections are exempt from supersede
+        try:
+            await self.broker.register_connection(
+                identity.tenant,
+                identity.sub,
+                identity.sid,
+                conn.core.connection_id,
+                self.config.max_connections_per_user,
+            )
+        except Exception:
+            log.exception("could not register connection %s", conn.core.connection_id)
+
+    async def _subscribe(self, conn: _Conn, action: StartSubscribe) -> None:
+        core = conn.core
+        pattern = action.pattern.text
+        try:
+            head = await self.broker.head(action.head) if action.head is not None else None
+            self._apply_sync(conn, core.subscribe_result(pattern, head))
+            resumed = {key for key, _ in action.from_positions}
+            for key, position in action.from_positions:
+                replay = await self.broker.replay(key, position)
+                self._count_resume(replay.gap)
+                self._apply_sync(conn, core.replay_actions(pattern, key, replay))
+            if action.since is not None:
+                keys = await self.broker.channels(*action.scope)
+                for key in action.since_keys(keys):
+                    if key in resumed:
+                        continue
+                    replay = await self.broker.replay_since(key, action.since)
+                    self._count_resume(replay.gap)
+                    self._apply_sync(conn, core.replay_actions(pattern, key, replay))
+            self._apply_sync(conn, core.subscription_active(pattern))
+        except Exception:
+            log.exception("subscribe failed on connection %s", core.connection_id)
+            error = Unavailable("broker unavailable", retry_after_ms=RETRY_AFTER_UNAVAILABLE_MS)
+            self._apply_sync(conn, core.subscribe_failed(pattern, error))
+
+    def _count_resume(self, gap: str | None) -> None:
+        if gap is None:
+            self.metrics.resume_hits.inc()
+        else:
+            self.metrics.resume_gaps.labels(gap).inc()
+
+    async def _publish(self, conn: _Conn, action: StartPublish) -> None:
+        try:
+            result = await self.broker.publish(action.record)
+        except Exception:
+            log.exception("publish failed on connection %s", conn.core.connection_id)
+            error = Unavailable("broker unavailable", retry_after_ms=RETRY_AFTER_UNAVAILABLE_MS)
+            self._apply_sync(conn, conn.core.publish_failed(action.request_id, error))
+            return
+        if not result.duplicate:
+            self.metrics.published.inc()
+        self._apply_sync(conn, conn.core.publish_result(action.request_id, result))
+
+    async def _refuse_unless_duplicate(self, conn: _Conn, action: RefuseUnlessDuplicate) -> None:
+        core = conn.core
+        try:
+            original = await self.broker.find_duplicate(action.key, action.message_id)
+        except Exception:
+            log.exception("dedup lookup failed on connection %s", core.connection_id)
+            original = None
+        if original is None:
+            self._apply_sync(conn, core.publish_failed(action.request_id, action.error))
+        else:
+            result = PublishResult(original, duplicate=True)
+            self._apply_sync(conn, core.publish_result(action.request_id, result))
+
+    # -- fan-out -------------------------------------------------------------------------------
+
+    def _on_event(self, event: StoredEvent) -> None:
+        """Broker listener: route one sequenced event to every connection that accepts it."""
+        candidates = self.index.candidates(event.record.key)
+        if not candidates:
+            return
+        now = self.clock()
+        frame: bytes | None = None
+        delivered = 0
+        for conn in candidates:
+            if conn.closing or not conn.core.accepts(event, now):
+                continue
+            if frame is None:
+                frame = text_frame(event.frame.encode())  # once per event, for every recipient
+            self._write_event(conn, frame, event)
+            delivered += 1
+        if delivered:
+            self.metrics.deliveries.inc(delivered)
+            self.metrics.latency.observe(max(0, self.clock() - event.ts) / 1000)
+
+    def _write_event(self, conn: _Conn, frame: bytes, event: StoredEvent) -> None:
+        if conn.queue or not self._writable(conn):
+            self._enqueue(conn, _Queued(frame, event))
+        else:
+            conn.ws.transport.write(frame)
+        self.metrics.messages_out.inc()
+
+    def _write(self, conn: _Conn, payload: bytes) -> None:
+        frame = text_frame(payload)
+        if conn.queue or not self._writable(conn):
+            self._enqueue(conn, _Queued(frame))
+        else:
+            conn.ws.transport.write(frame)
+        self.metrics.messages_out.inc()
+
+    def _writable(self, conn: _Conn) -> bool:
+        ws = conn.ws
+        return (
+            ws.protocol.state is WsState.OPEN
+            and ws.transport.get_write_buffer_size() < HIGH_WATER
+            and not conn.closing
+        )
+
+    def _enqueue(self, conn: _Conn, item: _Queued) -> None:
+        """Queue behind a slow transport; coalesce by key; cut at ``max_queue`` (UNI-LIM)."""
+        if conn.closing:
+            return
+        event = item.event
+        if event is not None and event.record.coalesce_key is not None:
+            item = self._coalesce(conn, item, event)
+        conn.queue.append(item)
+        if len(conn.queue) > self.config.max_queue:
+            self.metrics.drops.inc()
+            conn.queue.clear()
+            self._apply_sync(conn, conn.core.slow_consumer())
+            return
+        if conn.writer is None or conn.writer.done():
+            conn.writer = asyncio.get_running_loop().create_task(self._drain_queue(conn))
+
+    def _coalesce(self, conn: _Conn, item: _Queued, event: StoredEvent) -> _Queued:
+        """Replace a queued event with the same (channel, key) by this one (UNI-DEL coalescing)."""
+        record = event.record
+        for queued in list(conn.queue):
+            older = queued.event
+            if (
+                older is not None
+                and older.record.key == record.key
+                and older.record.coalesce_key == record.coalesce_key
+            ):
+                conn.queue.remove(queued)
+                offsets = (*queued.coalesced, older.offset)
+                self.metrics.coalesced.inc()
+                frame = text_frame(add_coalesced(event.frame, offsets).encode())
+                return _Queued(frame, event, offsets)
+        return item
+
+    async def _drain_queue(self, conn: _Conn) -> None:
+        """Write queued frames as the transport drains, in order."""
+        ws = conn.ws
+        try:
+            while conn.queue and not conn.closing:
+                if ws.transport.get_write_buffer_size() >= HIGH_WATER:
+                    await ws.drain()
+                    continue
+                if ws.protocol.state is not WsState.OPEN:
+                    return
+                ws.transport.write(conn.queue.popleft().data)
+        except (ConnectionClosed, ConnectionError):
+            return
+
+    # -- closing, timers, supersede ------------------------------------------------------------
+
+    def _close(self, conn: _Conn, code: int, reason: str) -> None:
+        if conn.closing:
+            return
+        conn.closing = True
+        conn.queue.clear()
+        self.metrics.closes.labels(str(code)).inc()
+        self.index.drop(conn)
+        asyncio.get_running_loop().create_task(self._send_close(conn, code, reason))
+
+    async def _send_close(self, conn: _Conn, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await conn.ws.close(code, reason)
+
+    def _schedule(self, conn: _Conn) -> None:
+        """Arm the connection's one timer for the core's next deadline."""
+        if conn.timer is not None:
+            conn.timer.cancel()
+            conn.timer = None
+        if conn.closing:
+            return
+        deadline = conn.core.next_deadline_ms()
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, (deadline - self.clock()) / 1000)
+        conn.timer = loop.call_later(delay, self._on_timer, conn)
+
+    def _on_timer(self, conn: _Conn) -> None:
+        conn.timer = None
+        self._apply_sync(conn, conn.core.tick(self.clock()))
+        self._schedule(conn)
+
+    def _on_supersede(self, connection_id: str) -> None:
+        conn = self.conns.get(connection_id)
+        if conn is not None:
+            self._apply_sync(conn, conn.core.superseded())  # UNI-SESS: close 4001
+
+
+async def run_server(
+    settings: Settings,
+    host: str,
+    port: int,
+    *,
+    on_ready: Callable[[str, int], None] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM; SIGTERM drains first (UNI-CLOSE drain)."""
+    server = UnisockServer(settings)
+    bound_host, bound_port = await server.start(host, port)
+    if on_ready is not None:
+        on_ready(bound_host, bound_port)
+    stop = asyncio.Event()
+    drain = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, drain.set)
+    waiters = {
+        asyncio.create_task(stop.wait()),
+        asyncio.create_task(drain.wait()),
+    }
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for task in waiters:
+        task.cancel()
+    if drain.is_set():
+        log.info("draining")
+        await server.drain()
+    await server.close()
