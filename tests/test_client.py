@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed as ConnectionClosedByPeer
 
 from unisock import errors
 from unisock._version import PROTOCOL_TOKEN
-from unisock.backoff import DEFAULTS, BackoffParams, backoff_bounds, backoff_delay
+from unisock.backoff import DEFAULTS, BackoffParams, backoff_bounds, backoff_delay, drain_delay
 from unisock.client import (
     Ack,
     Client,
@@ -33,6 +33,7 @@ from unisock.client import (
     Event,
     Gap,
     Item,
+    LimitExceeded,
     MessageTooLarge,
     NotConnected,
     Position,
@@ -286,12 +287,20 @@ async def test_client_sends_hello_first_with_token_over_unisock_v1() -> None:
         assert info.heartbeat.silence_ms == 120000
         assert client.state is ClientState.OPEN
         await client.close()
-        assert client.state is ClientState.CLOSED
+        assert client.last_close == CloseInfo(1000, "normal", local=True)
+        assert conn.ws.close_code == 1000
 
 
 def test_client_refuses_token_in_url() -> None:
     with pytest.raises(ValueError, match="URL"):
         Client("ws://127.0.0.1:1/?access_token=h.tok-1.s", "h.tok-1.s")
+
+
+def test_client_refuses_plain_ws_to_remote_host() -> None:
+    with pytest.raises(ValueError, match="wss"):
+        Client("ws://rt.example.com/", "h.tok-1.s")
+    Client("ws://rt.example.com/", "h.tok-1.s", allow_insecure=True)
+    Client("wss://rt.example.com/", "h.tok-1.s")
 
 
 def test_client_refuses_non_websocket_url() -> None:
@@ -402,7 +411,11 @@ async def test_client_drops_duplicate_and_stale_events_and_resyncs_on_epoch_chan
         await conn.send(event("tasks.1", "e2", 1))
         await conn.send(event("tasks.2", "e1", 1))
         items = await collect(client, 6)
-        got = [(i.channel, i.epoch, i.offset, type(i).__name__) for i in items]
+        got = [
+            (i.channel, i.epoch, i.offset, type(i).__name__)
+            for i in items
+            if isinstance(i, Event | Gap)
+        ]
         assert got == [
             ("tasks.1", "e1", 1, "Event"),
             ("tasks.1", "e1", 2, "Event"),
@@ -412,6 +425,24 @@ async def test_client_drops_duplicate_and_stale_events_and_resyncs_on_epoch_chan
             ("tasks.2", "e1", 1, "Event"),
         ]
         assert gaps == [Gap("tasks.1", "e2", 0, "epoch_changed")]
+        await client.close()
+
+
+@asynctest
+async def test_client_hands_over_events_only_for_active_subscriptions() -> None:
+    async with FakeServer() as server:
+        client = make_client(server)
+        conn, _ = await started(client, server)
+        await subscribe(client, conn, "tasks.>")
+        await conn.send(event("orders.1", "e1", 1))  # matches no subscription
+        await conn.send({"type": "unsubscribed", "channel": "tasks.>", "reason": "revoked"})
+        await conn.send(event("tasks.1", "e1", 1))  # after unsubscribed
+        await subscribe(client, conn, "orders.>")
+        await conn.send(event("orders.1", "e1", 2))
+        items = await collect(client, 2)
+        assert items[0] == SubscriptionEnded("tasks.>", "revoked")
+        assert isinstance(items[1], Event) and items[1].offset == 2
+        assert client.positions() == {"orders.1": Position("e1", 2)}
         await client.close()
 
 
@@ -787,6 +818,38 @@ async def test_client_stops_when_token_provider_fails_after_auth_close() -> None
 
 
 @asynctest
+async def test_client_stops_when_provider_returns_the_rejected_token() -> None:
+    async with FakeServer() as server:
+        client = make_client(server, token=lambda: "h.same.s")
+        conn, _ = await started(client, server)
+        await conn.close(4101, "token_expired")
+        close = await asyncio.wait_for(client.wait_closed(), LIMIT)
+        assert close is not None and close.code == 4101
+        assert server.count == 1 and server.accepted.empty()
+
+
+@asynctest
+async def test_client_counts_now_class_attempts_in_backoff_counter() -> None:
+    async with FakeServer() as server:
+        line = Timeline()
+        client = make_client(server, timeline=line, seed=8)
+        conn, _ = await started(client, server)
+        await conn.close(1012, "service_restart;window_ms=0")
+        conn = await server.accept()
+        await conn.handshake()
+        await conn.close(1011, "internal_error")
+        conn = await server.accept()
+        await conn.handshake()
+        rng = random.Random(8)
+        assert line.sleeps_ms() == [
+            drain_delay(0, DEFAULTS, rng),  # the floor: a window of 0 is no tight loop
+            backoff_delay(DEFAULTS, 1, rng),  # n = 1 after one reconnection attempt
+        ]
+        assert line.sleeps_ms()[0] == DEFAULTS.floor
+        await client.close()
+
+
+@asynctest
 async def test_client_backoff_delays_follow_formula_and_floor() -> None:
     async with FakeServer() as server:
         line = Timeline()
@@ -1042,13 +1105,18 @@ async def test_client_raises_rate_limited_and_does_not_resend_early() -> None:
 
 
 @asynctest
-async def test_client_refuses_publish_over_max_message_bytes() -> None:
+async def test_client_refuses_publish_over_announced_limits() -> None:
     async with FakeServer() as server:
         client = make_client(server)
         limits = dict(welcome()["limits"], max_message_bytes=256)
         conn, _ = await started(client, server, limits=limits)
         with pytest.raises(MessageTooLarge):
             await client.publish("tasks.1", "task.updated", {"blob": "x" * 300})
+        with pytest.raises(LimitExceeded):
+            await client.publish("tasks.1", "task.updated", {}, to=["u"] * 101)
+        with pytest.raises(LimitExceeded):
+            attrs = {f"a{n}": n for n in range(17)}
+            await client.publish("tasks.1", "task.updated", {}, attrs=attrs)
         await conn.fence()
         await client.close()
 

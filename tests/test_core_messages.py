@@ -338,7 +338,11 @@ def test_parser_maps_dataclass_invariant_failures_to_invalid_message(
 ) -> None:
     import unisock.messages as messages
 
-    monkeypatch.setattr(messages, "format_errors", lambda validator, obj: [])
+    class Lenient:
+        def iter_errors(self, obj: object) -> list[object]:
+            return []
+
+    monkeypatch.setattr(messages, "validator_for", lambda name: Lenient())
     with pytest.raises(InvalidMessage, match="malformed") as info:
         _parse({"type": "refresh", "id": "r", "token": ""})
     assert info.value.request_id == "r"

@@ -512,9 +512,9 @@ def test_refresh_revokes_subscriptions_outside_the_new_grants() -> None:
     active(core, "$me.>")
     new = token(subscribe=["news.*"])
     actions = send(core, {"type": "refresh", "id": "r1", "token": new})
-    assert frames(actions) == [
-        {"type": "refreshed", "id": "r1", "expires_at": T0 // 1000 + 3600},
+    assert frames(actions) == [  # UNI-AUTH-20: revocations before `refreshed`
         {"type": "unsubscribed", "channel": "tasks.>", "reason": "revoked"},
+        {"type": "refreshed", "id": "r1", "expires_at": T0 // 1000 + 3600},
     ]
     assert StopSubscribe("tasks.>") in actions
     assert Revoked(("tasks.>",)) in actions

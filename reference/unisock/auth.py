@@ -212,7 +212,7 @@ class TokenVerifier:
         """Verify ``token`` at ``now`` (seconds since the Unix epoch); raise :class:`AuthFailed`.
 
         ``exp`` is enforced without leeway so that no event reaches an expired connection;
-        the leeway only forgives an issuer clock that is ahead (``nbf``).
+        the leeway only forgives an issuer clock that is ahead (``nbf``, ``iat``).
         """
         claims = self._signed_claims(token)
         if format_errors(validator_for("token-claims"), claims):
@@ -222,7 +222,10 @@ class TokenVerifier:
             raise AuthFailed("token expired")
         nbf = claims.get("nbf")
         if nbf is not None and nbf > now + config.leeway_s:
-            raise AuthFailed("token not valid yet")
+            raise AuthFailed("token not valid yet")  # UNI-AUTH-9
+        iat = claims.get("iat")
+        if iat is not None and iat > now + config.leeway_s:
+            raise AuthFailed("token issued in the future")  # UNI-AUTH-10
         if config.issuer is not None and claims.get("iss") != config.issuer:
             raise AuthFailed("token issuer not accepted")
         if config.audience is not None and not _audience_ok(claims.get("aud"), config.audience):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import secrets
@@ -85,10 +86,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "publish": _publish,
         "validate": _validate,
     }[args.command]
+    from unisock.errors import UnisockError
+
     try:
         return handler(args)
     except KeyboardInterrupt:
         return 130
+    except (UnisockError, OSError, ValueError) as exc:
+        # Readable one-line failures for terminal users; tokens never appear in these.
+        print(f"unisock {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -146,7 +153,7 @@ def _listen(args: argparse.Namespace) -> int:
             await client.subscribe(channel)
         seen = 0
         async for item in client.events():
-            print(json.dumps(item.to_wire(), ensure_ascii=False), flush=True)
+            print(json.dumps(_item_json(item), ensure_ascii=False), flush=True)
             seen += 1
             if args.count is not None and seen >= args.count:
                 break
@@ -156,8 +163,20 @@ def _listen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _item_json(item: object) -> dict[str, Any]:
+    """One line of ``unisock listen`` output: the item as a wire-like JSON object."""
+    from unisock.client import Event, Gap
+
+    kind = "event" if isinstance(item, Event) else "gap" if isinstance(item, Gap) else "ended"
+    body = dataclasses.asdict(item)  # type: ignore[call-overload]
+    if kind == "event" and not body["coalesced"]:
+        del body["coalesced"]
+    return {"type": kind, **body}
+
+
 def _publish(args: argparse.Namespace) -> int:
     from unisock.client import Client
+    from unisock.errors import UnisockError
 
     try:
         data = json.loads(args.data)
@@ -174,13 +193,11 @@ def _publish(args: argparse.Namespace) -> int:
             )
         finally:
             await client.close()
-        return ack.to_wire()
-
-    from unisock.client import ClientError
+        return {"type": "ack", **dataclasses.asdict(ack)}
 
     try:
         print(json.dumps(asyncio.run(run()), ensure_ascii=False))
-    except ClientError as exc:
+    except UnisockError as exc:
         print(f"publish refused: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -60,6 +60,7 @@ __all__ = [
     "Gap",
     "HeartbeatParams",
     "Item",
+    "LimitExceeded",
     "MessageTooLarge",
     "NotConnected",
     "Position",
@@ -103,19 +104,23 @@ class ConnectionClosed(ClientError):
 
 
 class Superseded(ConnectionClosed):
-    """Closed with 4001: the same session was opened elsewhere (UNI-SESS-18)."""
+    """Closed with 4001: the same session was opened elsewhere (UNI-CLOSE-24)."""
 
 
-class MessageTooLarge(ClientError):
-    """The request is larger than the announced ``max_message_bytes`` (UNI-LIM-5)."""
+class LimitExceeded(ClientError, ValueError):
+    """The request breaks an announced limit; it was refused locally, not sent (UNI-LIM-4)."""
+
+
+class MessageTooLarge(LimitExceeded):
+    """The request is larger than the announced ``max_message_bytes`` (UNI-LIM-3)."""
 
 
 class PublishExpired(ClientError):
-    """An unacknowledged publish can no longer be retried safely (UNI-SEC-17)."""
+    """An unacknowledged publish can no longer be retried safely (UNI-SEC-12)."""
 
 
 class UnknownServerError(errors.ReplyError):
-    """An ``error`` whose code this client does not know (UNI-ERR-17); ``code`` is the wire code."""
+    """An ``error`` whose code this client does not know (UNI-ERR-13); ``code`` is the wire code."""
 
 
 @cache
@@ -125,7 +130,7 @@ def _unknown_error_class(code: str) -> type[UnknownServerError]:
 
 
 def _error_from_message(msg: Mapping[str, Any]) -> errors.ReplyError:
-    """The typed exception for an ``error`` message, chosen by ``code`` only (UNI-ERR-18)."""
+    """The typed exception for an ``error`` message, chosen by ``code`` only (UNI-ERR-14)."""
     code = str(msg["code"])
     text = str(msg.get("message", ""))
     rid = msg.get("id")
@@ -328,7 +333,7 @@ class CloseInfo:
 
     @property
     def superseded(self) -> bool:
-        """A distinct outcome: the server closed this session for a newer one (UNI-SESS-18)."""
+        """A distinct outcome: the server closed this session for a newer one (UNI-CLOSE-24)."""
         return self.code == 4001 and not self.local
 
 
@@ -342,6 +347,8 @@ class _Sub:
     matcher: Any
     confirmed: bool = False
     sent_gen: int = -1
+    active_gen: int = -1
+    """The connection on which ``subscribed`` arrived (UNI-SUB-15)."""
     ts: int | None = None
     position: Position | None = None
     waiters: list[asyncio.Future[Subscription]] = field(default_factory=list)
@@ -397,7 +404,10 @@ class Client:
     """An asyncio Unisock client: one connection at a time for all subscriptions (UNI-SESS-4).
 
     ``token`` is a JWT string or a provider called before each connection and on
-    ``token_expiring``; only a provider lets the client recover from 4100/4101.
+    ``token_expiring``; only a provider lets the client recover from 4100/4101. The token
+    goes only into ``hello`` and ``refresh``, never into the URL, headers or logs
+    (UNI-AUTH-1, UNI-SEC-5, UNI-SEC-7). Plain ``ws:`` is refused for hosts other than the
+    loopback interface unless ``allow_insecure`` is set.
     ``time_scale`` multiplies every client timer. ``rng`` draws backoff jitter. ``sleep``
     and ``clock`` (monotonic seconds) replace the reconnect waits and the clock that measures
     the floor, the reset period and the dedup window; tests use them to observe delays.
@@ -414,6 +424,7 @@ class Client:
         client_name: str = "unisock-python",
         client_version: str = __version__,
         reconnect: bool = True,
+        allow_insecure: bool = False,
         request_timeout: float = 10.0,
         time_scale: float = 1.0,
         rng: random.Random | None = None,
@@ -430,8 +441,9 @@ class Client:
         # Tokens travel only in hello (UNI-AUTH-1, UNI-SEC-5).
         if isinstance(token, str) and token in f"{parts.path}?{parts.query}#{parts.fragment}":
             raise ValueError("the token must not appear in the URL")
-        if not uri.secure and not _is_loopback(uri.host):
-            log.warning("connecting without TLS to a non-loopback host (UNI-SEC-4)")
+        if not uri.secure and not _is_loopback(uri.host) and not allow_insecure:
+            # No hello over plain ws: beyond this machine unless asked for (UNI-SEC-4).
+            raise ValueError("use a wss: URL (or allow_insecure=True for development)")
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
         self._url = url
@@ -470,7 +482,8 @@ class Client:
         self._closed = asyncio.Event()
         self._last_close: CloseInfo | None = None
         self._local_close: CloseInfo | None = None
-        self._drain_deadline: float | None = None
+        self._drain_window_ms: int | None = None
+        self._last_token: str | None = None
         self._attempt = 0
         self._last_attempt_at: float | None = None
         self._stopping = False
@@ -488,7 +501,7 @@ class Client:
 
     @property
     def last_close(self) -> CloseInfo | None:
-        """How the last connection ended; ``superseded`` marks a 4001 (UNI-SESS-18)."""
+        """How the last connection ended; ``superseded`` marks a 4001 (UNI-CLOSE-24)."""
         return self._last_close
 
     def positions(self) -> dict[str, Position]:
@@ -505,7 +518,7 @@ class Client:
         Failed attempts are retried as their close class says; raises :class:`ConnectionClosed`
         (:class:`Superseded` for 4001) when the client stops instead, ``TimeoutError`` (and
         closes the client) when ``timeout`` seconds pass first. Calling it again after a stop
-        reconnects explicitly, keeping positions and subscriptions (UNI-SESS-17, UNI-SESS-19).
+        reconnects explicitly, keeping positions and subscriptions (UNI-CLOSE-2, UNI-SESS-17).
         """
         if self._runner is not None and not self._runner.done():
             if self._welcome is not None and self._state in (
@@ -567,6 +580,7 @@ class Client:
         self._check_running()
         parse_pattern(channel)
         if filter is not None:
+            # Over max_filter_nodes is refused locally too (UNI-LIM-4).
             compile_filter(dict(filter), max_nodes=self._limit("max_filter_nodes", MAX_NODES))
         if channel in self._subs:
             raise errors.AlreadySubscribed(f"already subscribed to {channel!r}")
@@ -633,6 +647,13 @@ class Client:
             remaining = int((until - now) * 1000 / self._scale) + 1
             raise errors.RateLimited("publish is still rate limited", retry_after_ms=remaining)
         self._rate_limited.pop(mid, None)
+        max_targets = self._limit("max_targets", 0)
+        max_attrs = self._limit("max_attrs", 0)
+        for name, targets in (("to", to), ("exclude", exclude)):
+            if targets is not None and max_targets and len(targets) > max_targets:
+                raise LimitExceeded(f"{name} names more than {max_targets} users (UNI-LIM-4)")
+        if attrs is not None and max_attrs and len(attrs) > max_attrs:
+            raise LimitExceeded(f"more than {max_attrs} attrs (UNI-LIM-4)")
         existing = self._publishes.get(mid)
         if existing is not None:
             return await self._wait(existing.future, timeout, shield=True)
@@ -664,7 +685,7 @@ class Client:
             raise
 
     async def refresh(self, token: str | None = None, *, timeout: float | None = None) -> int:
-        """Replace the token in-band (UNI-AUTH-23); returns the new ``expires_at``.
+        """Replace the token in-band (UNI-AUTH-22); returns the new ``expires_at``.
 
         Without ``token`` the provider is asked. Refusals raise ``TokenInvalid`` or
         ``TokenMismatch``; the old token stays in force.
@@ -679,7 +700,9 @@ class Client:
             await self._send({"type": "refresh", "id": rid, "token": new_token})
         except _WsConnectionClosed:
             raise NotConnected("connection lost") from None
-        return await self._wait(future, timeout)
+        expires_at = await self._wait(future, timeout)
+        self._last_token = new_token
+        return expires_at
 
     # -- helpers for the API ------------------------------------------------------------------
 
@@ -730,7 +753,7 @@ class Client:
         text = json.dumps(msg, separators=(",", ":"), ensure_ascii=False)
         limit = self._limit("max_message_bytes", 0)
         if limit and len(text.encode("utf-8")) > limit:
-            raise MessageTooLarge(f"{msg.get('type')} is larger than {limit} bytes (UNI-LIM-5)")
+            raise MessageTooLarge(f"{msg.get('type')} is larger than {limit} bytes (UNI-LIM-3)")
         await ws.send(text)
 
     async def _send_subscribe(self, sub: _Sub) -> None:
@@ -742,7 +765,7 @@ class Client:
         if sub.filter is not None:
             msg["filter"] = sub.filter
         if sub.confirmed:
-            # Resume (UNI-LC-22): every held position the pattern matches (UNI-DEL-20), and
+            # Resume (UNI-CLOSE-8): every held position the pattern matches (UNI-DEL-20), and
             # `since` for channels without one (UNI-DEL-21).
             start = {
                 name: {"epoch": pos.epoch, "offset": pos.offset}
@@ -771,7 +794,7 @@ class Client:
         if pending.first_sent is None:
             pending.first_sent = now
         elif now - pending.first_sent > self._seconds(self._dedup_window_ms()):
-            # Past the dedup window a re-send would be a new event (UNI-SEC-17).
+            # Past the dedup window a re-send would be a new event (UNI-SEC-12).
             self._fail_publish(mid, PublishExpired(f"publish {mid} unconfirmed past the window"))
             return
         rid = self._next_id("p")
@@ -808,6 +831,7 @@ class Client:
     def _start(self) -> None:
         loop = asyncio.get_running_loop()
         self._stopping = False
+        self._attempt = 0  # n is 0 when the client starts (UNI-CLOSE-15)
         self._closed.clear()
         # Keep what the application has not read yet, minus the end marker of the last run.
         items: asyncio.Queue[Item | None] = asyncio.Queue()
@@ -832,55 +856,67 @@ class Client:
                         close = CloseInfo(1006, "token_unavailable", local=True)
                         await self._after_close(close, opened_at=None)
                         continue
+                self._last_token = token
                 close, opened_at = await self._connection(token)
                 token = None
                 if self._stopping:
-                    raise _Stop(close)
+                    raise _Stop(close)  # the application closed: no reconnect (UNI-CLOSE-7)
                 if close.reconnect_class is ReconnectClass.NEW_TOKEN and self._reconnect:
                     token = await self._new_token(close)
                 await self._after_close(close, opened_at)
         except _Stop as stop:
             self._finish(stop.close)
+        except Exception:
+            # A bug must not leave the application waiting on a dead client.
+            log.exception("client run loop failed")
+            self._finish(CloseInfo(1011, "internal_error", local=True))
 
     async def _new_token(self, close: CloseInfo) -> str:
-        """Class new_token: a plain string cannot be replaced, a failing provider stops us."""
+        """Class new_token: reconnect only with a token the application supplies (UNI-CLOSE-3)."""
         if isinstance(self._token, str):
             raise _Stop(close)
         try:
-            return await _resolve_token(self._token)
+            token = await _resolve_token(self._token)
         except Exception:
             log.warning("token provider failed after %s; stopping", close.name)
             raise _Stop(close) from None
+        if close.code in (4100, 4101) and token == self._last_token:
+            # The same token again counts as none (UNI-CLOSE-4).
+            log.warning("token provider returned the rejected token; stopping")
+            raise _Stop(close)
+        return token
 
     async def _after_close(self, close: CloseInfo, opened_at: float | None) -> None:
-        """Act on the close's class (UNI-CLOSE): stop, or wait the delay it prescribes."""
+        """Act on the close's class (UNI-CLOSE-1, UNI-CLOSE-12): stop, or wait its delay."""
         self._last_close = close
         klass = close.reconnect_class
         if not self._reconnect or klass is ReconnectClass.NEVER:
-            # 4001 lands here: a superseded session never reconnects by itself (UNI-SESS-17).
+            # 4001 lands here: a superseded session never reconnects by itself
+            # (UNI-CLOSE-2, UNI-CLOSE-24).
             raise _Stop(close)
         params = self._backoff
         if opened_at is not None and self._clock() - opened_at >= self._seconds(
             params.reset_after_ms
         ):
-            self._attempt = 0
+            self._attempt = 0  # the connection was stable (UNI-CLOSE-15)
+        drain_window, self._drain_window_ms = self._drain_window_ms, None
         if klass is ReconnectClass.NOW:
-            if self._drain_deadline is not None:
-                # Already waited (or still waiting) out the drain message's random delay.
-                delay_s = max(0.0, self._drain_deadline - self._clock())
+            if close.local:
+                delay_ms = 0  # left a draining server after its drawn delay (UNI-CLOSE-22)
             else:
-                delay_s = self._seconds(drain_delay(close.window_ms, params, self._rng))
+                # W: the reason's window, else the drain message's, else cap (UNI-CLOSE-23).
+                window = close.window_ms if close.window_ms is not None else drain_window
+                delay_ms = max(drain_delay(window, params, self._rng), close.retry_after_ms or 0)
         else:
+            # UNI-CLOSE-5, UNI-CLOSE-13.
             delay_ms = backoff_delay(params, self._attempt, self._rng, close.retry_after_ms)
-            self._attempt += 1
-            delay_s = self._seconds(delay_ms)
-        self._drain_deadline = None
+        self._attempt += 1  # n grows with each reconnection attempt (UNI-CLOSE-15)
         self._set_state(ClientState.WAITING)
-        if delay_s > 0:
-            await self._sleep(delay_s)
+        if delay_ms > 0:
+            await self._sleep(self._seconds(delay_ms))
 
     async def _wait_floor(self) -> None:
-        """Never two connection attempts closer than the floor F (UNI-CLOSE)."""
+        """Never two connection attempts closer than the floor F (UNI-CLOSE-16)."""
         if self._last_attempt_at is not None:
             remaining = self._last_attempt_at + self._seconds(self._backoff.floor) - self._clock()
             if remaining > 1e-6:  # ignore clock rounding
@@ -925,7 +961,7 @@ class Client:
         """Open, authenticate and serve one connection; return how it ended."""
         self._set_state(ClientState.CONNECTING)
         self._local_close = None
-        self._drain_deadline = None
+        self._drain_window_ms = None
         try:
             ws = await connect(
                 self._url,
@@ -1024,7 +1060,7 @@ class Client:
 
     async def _read_loop(self, ws: ClientConnection, heartbeat: HeartbeatParams) -> None:
         silence = self._seconds(heartbeat.silence_ms)
-        # Read continuously; the application reads from a buffer (UNI-LIM-15).
+        # Read continuously; the application reads from a buffer (UNI-LIM-10).
         while True:
             try:
                 raw = await asyncio.wait_for(ws.recv(), silence)
@@ -1055,8 +1091,14 @@ class Client:
             return
         # `welcome` after the first is ignored; so is `pong`: we send no ping (UNI-HB-15).
         handler = getattr(self, f"_handle_{kind}", None)
-        if handler is not None:
+        if handler is None:
+            return
+        try:
             await handler(ws, msg)
+        except (_WsConnectionClosed, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("failed to handle a %s message", kind)
 
     async def _handle_ping(self, ws: ClientConnection, msg: dict[str, Any]) -> None:
         # Echo nonce and id (UNI-HB-8).
@@ -1066,6 +1108,13 @@ class Client:
 
     async def _handle_event(self, ws: ClientConnection, msg: dict[str, Any]) -> None:
         channel, epoch, offset = msg["channel"], msg["epoch"], msg["offset"]
+        active = [
+            sub
+            for sub in self._subs.values()
+            if sub.active_gen == self._gen and _matches(sub.matcher, channel)
+        ]
+        if not active:
+            return  # no subscription between subscribed and unsubscribed (UNI-SUB-15)
         known = self._positions.get(channel)
         if known is not None and known.epoch == epoch and offset <= known.offset:
             return  # already seen (UNI-DEL-30); epochs compare by equality only (UNI-DEL-10)
@@ -1074,9 +1123,8 @@ class Client:
         # Offsets skipped on this connection are not a loss (UNI-DEL-33); offsets listed in
         # `coalesced` are below `offset` and so count as seen (UNI-DEL-28).
         self._positions[channel] = Position(epoch, offset)
-        for sub in self._subs.values():
-            if _matches(sub.matcher, channel):
-                sub.ts = max(sub.ts or 0, msg["ts"])
+        for sub in active:
+            sub.ts = max(sub.ts or 0, msg["ts"])
         self._items.put_nowait(
             Event(
                 channel=channel,
@@ -1113,6 +1161,7 @@ class Client:
         if sub is None:
             return
         sub.confirmed = True
+        sub.active_gen = self._gen
         sub.ts = max(sub.ts or 0, msg["ts"])
         head = msg.get("position")
         if head is not None:
@@ -1135,7 +1184,7 @@ class Client:
             if request is not None and request.future is not None and not request.future.done():
                 request.future.set_result(None)
             return
-        # Server-initiated, e.g. grants narrowed by a refresh (UNI-AUTH-20).
+        # Revoked, e.g. grants narrowed by a refresh: never re-sent (UNI-SUB-16).
         sub = self._subs.get(msg["channel"])
         if sub is not None:
             reason = msg.get("reason", "revoked")
@@ -1163,7 +1212,7 @@ class Client:
         if "id" not in msg:
             log.warning("server error without id: %s", msg["code"])  # resolves nothing
             return
-        request = self._requests.pop(msg["id"], None)  # matched by id only (UNI-ERR-16)
+        request = self._requests.pop(msg["id"], None)  # matched by id only (UNI-ERR-12)
         if request is None:
             return
         if request.kind == "publish":
@@ -1187,7 +1236,7 @@ class Client:
             request.future.set_result(msg["expires_at"])
 
     async def _handle_token_expiring(self, ws: ClientConnection, msg: dict[str, Any]) -> None:
-        """Refresh in-band, never by reconnecting (UNI-AUTH-25); a failure lets it expire."""
+        """Refresh in-band, never by reconnecting (UNI-AUTH-24); a failure lets it expire."""
         if isinstance(self._token, str):
             return
         self._spawn(self._refresh_quietly())
@@ -1199,17 +1248,18 @@ class Client:
             log.warning("token refresh failed (%s); the connection will expire", type(exc).__name__)
 
     async def _handle_drain(self, ws: ClientConnection, msg: dict[str, Any]) -> None:
-        """Leave at a random time in [0, window_ms], never below the floor (UNI-CLOSE)."""
-        if self._drain_deadline is not None:
+        """Leave at max(F, U(0, window_ms)) after receipt (UNI-CLOSE-22)."""
+        if self._state is ClientState.DRAINING:
             return
         self._set_state(ClientState.DRAINING)
-        delay = self._seconds(drain_delay(msg.get("window_ms"), self._backoff, self._rng))
-        self._drain_deadline = self._clock() + delay
+        self._drain_window_ms = msg["window_ms"]
+        delay = self._seconds(drain_delay(msg["window_ms"], self._backoff, self._rng))
         self._spawn(self._leave_after(ws, delay))
 
     async def _leave_after(self, ws: ClientConnection, delay: float) -> None:
         await self._sleep(delay)
         # Close the old connection with 1000 before opening the next (UNI-SESS-5).
+        # Recorded as a local 4300 so that the class is `now` with no further delay.
         self._local_close = CloseInfo(4300, "drain", local=True)
         await ws.close(1000, "drain")
 

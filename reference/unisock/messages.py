@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, ClassVar
 
+from jsonschema.exceptions import ValidationError
+
 from unisock._version import PROTOCOL_TOKEN, SPEC_VERSION
 from unisock.broker import GAP_REASONS, Position, PublishRecord
 from unisock.channels import ChannelError, parse_channel, parse_pattern
@@ -29,7 +31,7 @@ from unisock.errors import (
     UnknownType,
 )
 from unisock.filters import MAX_NODES, FilterError, compile_filter
-from unisock.schemas import format_errors, validator_for
+from unisock.schemas import SERVER_MESSAGE_TYPES, validator_for
 
 __all__ = [
     "CLIENT_TYPES",
@@ -687,6 +689,35 @@ def _precheck(kind: str, obj: Mapping[str, Any], rid: str | None, max_filter_nod
                 raise InvalidPosition(f"from: {exc}", request_id=rid) from None
 
 
+_OWN_CODE_FIELDS = {"channel": str, "filter": dict, "from": dict}
+
+
+def _has_own_code(obj: Mapping[str, Any], error: ValidationError) -> bool:
+    """Whether a schema error concerns a field checked later with its own error code.
+
+    A ``channel`` string, a ``filter`` object and the keys of a ``from`` object are judged by
+    ``invalid_channel``, ``invalid_filter`` and ``invalid_position`` (section 1.5 step 5); a
+    field of the wrong JSON type, or a malformed position value, stays ``invalid_message``.
+    """
+    path = list(error.absolute_path)
+    if not path or path[0] not in _OWN_CODE_FIELDS:
+        return False
+    name = str(path[0])
+    if not isinstance(obj.get(name), _OWN_CODE_FIELDS[name]):
+        return False
+    if name == "from":
+        return len(path) == 1 and "propertyNames" in error.schema_path
+    return True
+
+
+def _describe(errors: list[ValidationError]) -> list[str]:
+    return sorted({f"{_error_pointer(e) or '/'}: {e.message}" for e in errors})
+
+
+def _error_pointer(error: ValidationError) -> str:
+    return "".join(f"/{str(p).replace('~', '~0').replace('/', '~1')}" for p in error.path)
+
+
 def _schema_reason(kind: str, problems: list[str]) -> str:
     if kind in ("hello", "refresh"):
         # The validator may quote the token; UNI-SEC: tokens never appear in messages.
@@ -756,13 +787,20 @@ def parse_client_message(text: str, *, max_filter_nodes: int = MAX_NODES) -> Cli
     if not isinstance(kind, str):
         raise InvalidMessage("a message needs a string 'type'", request_id=rid)
     if kind not in CLIENT_TYPES:
+        if kind in SERVER_MESSAGE_TYPES:
+            # UNI-TR-19 (section 1.5 step 3): a server message type is known; it fails step 4.
+            raise InvalidMessage(f"{kind} is not a client message", request_id=rid)
         raise UnknownType("unknown message type", request_id=rid)
     try:
+        # Section 1.5: the schema (step 4) decides first, leaving aside the fields that have
+        # their own codes (step 5); the per-type schema gives sharper reasons than the oneOf.
+        errors = list(validator_for(f"messages/{kind}").iter_errors(obj))
+        hard = [error for error in errors if not _has_own_code(obj, error)]
+        if hard:
+            raise InvalidMessage(_schema_reason(kind, _describe(hard)), request_id=rid)
         _precheck(kind, obj, rid, max_filter_nodes)
-        # The per-type schema gives sharper reasons than the oneOf of client-message.json.
-        problems = format_errors(validator_for(f"messages/{kind}"), obj)
-        if problems:
-            raise InvalidMessage(_schema_reason(kind, problems), request_id=rid)
+        if errors:
+            raise InvalidMessage(_schema_reason(kind, _describe(errors)), request_id=rid)
         try:
             return _build(kind, obj)
         except (MessageInvariantError, KeyError, TypeError):

@@ -26,10 +26,12 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State as WsState
+from websockets.server import ServerProtocol
 
 from unisock._version import PROTOCOL_TOKEN
 from unisock.auth import TokenVerifier
 from unisock.broker import Broker, ChannelKey, PublishResult, StoredEvent
+from unisock.closecodes import close_name
 from unisock.config import EventTypeRegistry, ServerConfig
 from unisock.errors import Unavailable
 from unisock.memory_broker import MemoryBroker
@@ -88,6 +90,24 @@ class _Conn:
     timer: asyncio.TimerHandle | None = None
     closing: bool = False
     writer: asyncio.Task[None] | None = None
+    closer: asyncio.Task[None] | None = None
+
+
+class _Connection(ServerConnection):
+    """A connection whose library-detected failures close with the registry's reason.
+
+    websockets closes oversize (1009) and non-UTF-8 (1007) frames itself, with a descriptive
+    reason; the spec wants the registry name instead (UNI-CLOSE-9), and no detail leaks.
+    """
+
+    def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
+        super().__init__(protocol, *args, **kwargs)
+        fail = protocol.fail
+
+        def fail_with_registry_reason(code: int, reason: str = "") -> None:
+            fail(code, close_name(int(code)) or reason)
+
+        protocol.fail = fail_with_registry_reason  # type: ignore[method-assign]
 
 
 class _Index:
@@ -188,6 +208,7 @@ class UnisockServer:
             ping_interval=None,  # UNI-HB: heartbeats are application-level
             max_queue=4,
             server_header=None,
+            create_connection=_Connection,
         )
         sock = next(iter(self._server.sockets))
         bound = sock.getsockname()
@@ -272,7 +293,9 @@ class UnisockServer:
                     await self.broker.unregister_connection(
                         identity.tenant, identity.sub, conn.core.connection_id
                     )
-        if conn.ws.state is not WsState.CLOSED:
+        if conn.closer is not None:
+            await conn.closer  # the close code the core chose, never a default 1000
+        elif conn.ws.state is not WsState.CLOSED:
             with contextlib.suppress(Exception):
                 await conn.ws.close()
 
@@ -401,7 +424,8 @@ class UnisockServer:
         now = self.clock()
         frame: bytes | None = None
         delivered = 0
-        for conn in candidates:
+        # A copy: writing can cut a slow consumer, which removes it from the index (UNI-LIM-8).
+        for conn in tuple(candidates):
             if conn.closing or not conn.core.accepts(event, now):
                 continue
             if frame is None:
@@ -491,7 +515,7 @@ class UnisockServer:
         conn.queue.clear()
         self.metrics.closes.labels(str(code)).inc()
         self.index.drop(conn)
-        asyncio.get_running_loop().create_task(self._send_close(conn, code, reason))
+        conn.closer = asyncio.get_running_loop().create_task(self._send_close(conn, code, reason))
 
     async def _send_close(self, conn: _Conn, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):

@@ -261,6 +261,8 @@ class _Subscription:
     pattern: Pattern
     filter: Filter | None
     head: ChannelKey | None
+    resumes: bool = False
+    """A pattern without wildcards that asked for replay (``from`` or ``since``)."""
     active: bool = False
     answered: bool = False
     revoked: bool = False
@@ -298,13 +300,18 @@ class SessionCore:
         self._last_rx_ms = self._created_ms
         self._next_ping_ms = 0
         self._drain_deadline_ms: int | None = None
+        self._drain_window_ms = config.drain_window_ms
         self._warned = False
         self._bucket = TokenBucket(config.publish_rate_per_second, config.publish_rate_burst)
         self._subs: dict[str, _Subscription] = {}
         self._last: dict[ChannelKey, tuple[str, int]] = {}
         self._active_view: ConnectionView | None = None
         self._pending_view: ConnectionView | None = None
-        self._coalescing = config.coalescing_patterns()
+        features = frozenset(config.features)
+        # Optional features act only when announced (UNI-CH-16, UNI-PUB-20, UNI-DEL-25).
+        self._coalescing = config.coalescing_patterns() if "coalescing" in features else ()
+        self._system_namespace = "system_namespace" in features
+        self._typed_events = "typed_events" in features
 
     # -- introspection -------------------------------------------------------------------------
 
@@ -389,6 +396,9 @@ class SessionCore:
             return self._close_error(Input.CLOSE, MessageTooBig())  # UNI-LIM
         if self.state is State.AWAITING_HELLO:
             return self._receive_hello(text, now)
+        if self.identity is not None and now >= self.identity.expires_at_ms:
+            # UNI-AUTH-21: nothing (a late refresh included) is applied once the token expired.
+            return self._close_error(Input.TOKEN_EXPIRED, TokenExpired())
         try:
             message = parse_client_message(text, max_filter_nodes=self.config.max_filter_nodes)
         except RequestError as exc:
@@ -448,6 +458,7 @@ class SessionCore:
             return []
         self._move(Input.DRAIN)
         self._drain_deadline_ms = self._clock() + window
+        self._drain_window_ms = window
         return [_send(Drain(window_ms=window, reason=reason))]
 
     # -- time ----------------------------------------------------------------------------------
@@ -466,7 +477,9 @@ class SessionCore:
         if now_ms - self._last_rx_ms >= self._dead_after_ms:
             return self._close_error(Input.HEARTBEAT_TIMEOUT, HeartbeatTimeout())  # UNI-HB
         if self._drain_deadline_ms is not None and now_ms >= self._drain_deadline_ms:
-            return self._close(Input.DRAIN_TIMEOUT, CloseCode.DRAIN, "drain")  # UNI-CLOSE
+            # UNI-CLOSE-11: a client that missed `drain` still spreads its reconnect.
+            reason = format_close_reason("drain", window_ms=self._drain_window_ms)
+            return self._close(Input.DRAIN_TIMEOUT, CloseCode.DRAIN, reason)
         actions = self._expiry_warning(now_ms)
         if now_ms >= self._next_ping_ms:
             # UNI-HB: the server pings every interval, whatever else is sent.
@@ -568,8 +581,10 @@ class SessionCore:
             if not matches(pattern, channel):
                 raise InvalidPosition(f"from: {name} is not matched by the pattern", request_id=rid)
             positions.append((self._key(channel), position))
-        if not subscribe_allowed(identity.subscribe_grants, pattern):
-            raise Forbidden("subscription outside grants", request_id=rid)  # UNI-CH
+        if not subscribe_allowed(identity.subscribe_grants, pattern) or (
+            pattern.namespace is Namespace.SYS and not self._system_namespace
+        ):
+            raise Forbidden("subscription outside grants", request_id=rid)  # UNI-CH, UNI-CH-16
         if message.channel in self._subs:
             raise AlreadySubscribed("already subscribed to this pattern", request_id=rid)
         if len(self._subs) >= self.config.max_subscriptions:
@@ -577,7 +592,10 @@ class SessionCore:
                 f"at most {self.config.max_subscriptions} subscriptions", request_id=rid
             )  # UNI-LIM
         head = None if pattern.wildcard else self._key(parse_channel(message.channel))
-        self._subs[message.channel] = _Subscription(rid, pattern, flt, head)
+        resumes = head is not None and (
+            message.since is not None or any(key == head for key, _ in positions)
+        )
+        self._subs[message.channel] = _Subscription(rid, pattern, flt, head, resumes)
         self._refresh_views()
         if pattern.namespace is Namespace.SYS:
             scope: tuple[str | None, str | None, str] = (None, None, Namespace.SYS.value)
@@ -633,11 +651,12 @@ class SessionCore:
             raise InvalidMessage("user is only for $me channels", request_id=rid)
         if not publish_allowed(
             identity.publish_grants, channel, identity.role, identity.sub, message.user
-        ):
+        ) or (channel.namespace is Namespace.SYS and not self._system_namespace):
             raise Forbidden("publish outside grants", request_id=rid)  # UNI-CH, UNI-PUB
         key = self._key(channel, message.user)
         try:
-            self.registry.check(message.event, message.data)  # UNI-PUB typed events
+            if self._typed_events:
+                self.registry.check(message.event, message.data)  # UNI-PUB typed events
         except RequestError as exc:
             exc.request_id = rid
             # Dedup comes before the typed-event check: a retry of an accepted event is
@@ -672,7 +691,7 @@ class SessionCore:
             raise TokenMismatch("the new token names another principal", request_id=message.id)
         self.identity = new
         self._warned = False
-        actions: list[Action] = [_send(Refreshed(id=message.id, expires_at=new.expires_at))]
+        actions: list[Action] = []
         revoked: list[str] = []
         for text, sub in list(self._subs.items()):
             if subscribe_allowed(new.subscribe_grants, sub.pattern):
@@ -685,6 +704,8 @@ class SessionCore:
                 sub.revoked = True  # answered with `forbidden` when the broker reports back
         if revoked:
             actions.append(Revoked(tuple(revoked)))
+        # UNI-AUTH-20: the revocations precede `refreshed`.
+        actions.append(_send(Refreshed(id=message.id, expires_at=new.expires_at)))
         self._refresh_views()
         actions.extend(self._expiry_warning(now))
         return actions
@@ -715,8 +736,9 @@ class SessionCore:
                 )
             )
         ]
-        if sub.head is not None and head is not None:  # always both or neither here
-            # Live delivery continues after the announced head (events up to it are history).
+        if sub.head is not None and head is not None and not sub.resumes:
+            # Live delivery continues after the announced head (events up to it are history);
+            # a resuming subscription advances when its replay is reported (UNI-DEL-15).
             self._advance(sub.head, head)
         if sub.unsubscribe_id is not None:
             return self._remove(

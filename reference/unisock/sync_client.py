@@ -80,6 +80,13 @@ class SyncClient:
         limit = self._timeout if timeout is None else timeout
         welcome = self._call(self._client.connect(limit), None)
         if self._pump is None or self._pump.done():
+            # Keep unread items of an earlier run, but not its end marker.
+            fresh: queue.Queue[Item | None] = queue.Queue()
+            while not self._items.empty():
+                item = self._items.get_nowait()
+                if item is not None:
+                    fresh.put(item)
+            self._items = fresh
             self._pump = asyncio.run_coroutine_threadsafe(self._forward(), self._loop)
         return welcome
 

@@ -1,0 +1,523 @@
+"""The server conformance suite's framework: runner, plugin, grading, reports, connections.
+
+The suite runs in a subprocess against the reference server started in this process on a
+port the OS chooses; the grading and the connection helper are tested directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+from websockets.sync.server import Server, ServerConnection, serve
+
+from unisock.server import UnisockServer
+from unisock.settings import load_settings
+from unisock_conformance.deployment import (
+    Deployment,
+    Names,
+    default_time_scale,
+    hypothesis_profile,
+)
+from unisock_conformance.grading import (
+    TestResult,
+    exit_status,
+    grade_requirements,
+    grade_test,
+    verdict,
+    worst,
+)
+from unisock_conformance.markers import scan_tests
+from unisock_conformance.paths import SPEC_DIR
+from unisock_conformance.progress import Progress
+from unisock_conformance.report import (
+    SCHEMA_PATH,
+    requirement_link,
+    sanitize_text,
+    sanitize_url,
+)
+from unisock_conformance.spectext import load_registry
+from unisock_conformance.wire import FrameTimeout, ProtocolViolation, open_conn
+
+SECRET = "conformance-framework-test-secret-0123456789"
+SCALE = default_time_scale()
+RUN_TIMEOUT_S = 120 * SCALE
+QUICK_SUITE_TIMEOUT_S = 900 * SCALE
+REGISTRY = load_registry(SPEC_DIR)
+ENTRIES = {entry["id"]: entry for entry in REGISTRY["requirements"]}
+
+
+class ReferenceServer:
+    """The reference server on its own asyncio loop in a background thread."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server: UnisockServer | None = None
+        self.url = ""
+
+    async def _start(self) -> tuple[str, int]:
+        self.server = UnisockServer(load_settings(None, secret=self.secret))
+        return await self.server.start("127.0.0.1", 0)
+
+    def start(self) -> None:
+        self.thread.start()
+        host, port = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(
+            timeout=30 * SCALE
+        )
+        self.url = f"ws://{host}:{port}/"
+
+    def stop(self) -> None:
+        if self.server is not None:
+            asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(
+                timeout=30 * SCALE
+            )
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30 * SCALE)
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def reference_server() -> Iterator[ReferenceServer]:
+    server = ReferenceServer(SECRET)
+    server.start()
+    yield server
+    server.stop()
+
+
+def _run(
+    argv: list[str], cwd: Path, timeout: float = RUN_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if key != "UNISOCK_SECRET"}
+    return subprocess.run(
+        [sys.executable, *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _runner(url: str, report_dir: Path, *extra: str, secret: str = SECRET) -> list[str]:
+    return [
+        "-m",
+        "unisock_conformance.runner",
+        "server",
+        url,
+        "--secret",
+        secret,
+        "--report-dir",
+        str(report_dir),
+        "--junit",
+        str(report_dir / "junit.xml"),
+        "--seed",
+        "12345",
+        *extra,
+    ]
+
+
+def _report(report_dir: Path) -> dict[str, Any]:
+    report: dict[str, Any] = json.loads((report_dir / "report.json").read_text("utf-8"))
+    schema = json.loads(SCHEMA_PATH.read_text("utf-8"))
+    Draft202012Validator.check_schema(schema)
+    errors = sorted(str(e.message) for e in Draft202012Validator(schema).iter_errors(report))
+    assert not errors, errors
+    return report
+
+
+def _outcomes(report: dict[str, Any]) -> dict[str, str]:
+    return {entry["id"]: entry["outcome"] for entry in report["requirements"]}
+
+
+def _assert_complete_and_secret_free(report_dir: Path, report: dict[str, Any]) -> None:
+    assert [entry["id"] for entry in report["requirements"]] == list(ENTRIES)
+    for entry in report["requirements"]:
+        if entry["role"] == "client":
+            assert entry["outcome"] == "not-applicable", entry
+        elif not entry["tests"]:
+            assert entry["outcome"] == "untested", entry
+    for path in report_dir.iterdir():
+        assert SECRET not in path.read_text("utf-8"), f"{path.name} leaks the secret"
+
+
+# -- the suite against the reference server ---------------------------------------------------
+
+
+def test_runner_exits_0_and_writes_every_report_when_the_smoke_check_passes(
+    reference_server: ReferenceServer, tmp_path: Path
+) -> None:
+    report_dir = tmp_path / "report"
+    result = _run(_runner(reference_server.url, report_dir, "-k", "smoke"), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Requirements by level:" in result.stdout and "Verdict: conforming" in result.stdout
+    report = _report(report_dir)
+    _assert_complete_and_secret_free(report_dir, report)
+    assert report["summary"]["exit_status"] == 0
+    assert report["target"]["url"] == reference_server.url
+    assert report["run"]["seed"] == 12345 and report["run"]["profile"] == "quick"
+    smoke = [t for t in report["tests"] if "test_smoke.py" in t["id"]]
+    assert [t["outcome"] for t in smoke] == ["pass"]
+    others = [t for t in report["tests"] if "test_smoke.py" not in t["id"]]
+    assert all(t["outcome"] == "not-run" for t in others)
+    suite = ET.parse(report_dir / "junit.xml").getroot()
+    assert suite.tag == "testsuite" and suite.get("failures") == "0"
+    cases = suite.findall("testcase")
+    assert len(cases) == len(report["tests"])
+    html = (report_dir / "report.html").read_text("utf-8")
+    assert 'href="spec/02-lifecycle.md"' in html
+    assert "<script" not in html and "<link" not in html and "http://" not in html
+    assert "| [UNI-LC-9](spec/02-lifecycle.md) | MUST |" in (report_dir / "report.md").read_text(
+        "utf-8"
+    )
+
+
+def test_plugin_grades_musts_without_checks_as_untested(
+    reference_server: ReferenceServer, tmp_path: Path
+) -> None:
+    report_dir = tmp_path / "report"
+    argv = [
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-c",
+        os.devnull,
+        "--rootdir",
+        str(tmp_path),
+        "--pyargs",
+        "unisock_conformance.checks.test_smoke",
+        f"--unisock-url={reference_server.url}",
+        f"--unisock-secret={SECRET}",
+        f"--unisock-report-dir={report_dir}",
+        "--unisock-spec-link-base=../spec/{section}/",
+    ]
+    result = _run(argv, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Unisock conformance" in result.stdout
+    report = _report(report_dir)
+    _assert_complete_and_secret_free(report_dir, report)
+    outcomes = _outcomes(report)
+    assert outcomes["UNI-LC-9"] == "pass"
+    untested = [
+        i for i, e in ENTRIES.items() if e["role"] != "client" and outcomes[i] == "untested"
+    ]
+    assert any(ENTRIES[i]["level"] == "MUST" for i in untested)
+    assert report["summary"]["requirements"]["untested"] == len(untested)
+    assert 'href="../spec/02-lifecycle/"' in (report_dir / "report.html").read_text("utf-8")
+
+
+def test_runner_exits_1_and_lists_failed_musts_when_the_server_refuses_the_tokens(
+    reference_server: ReferenceServer, tmp_path: Path
+) -> None:
+    report_dir = tmp_path / "report"
+    wrong = "a-different-secret-than-the-server-has-0123456789"
+    result = _run(_runner(reference_server.url, report_dir, "-k", "smoke", secret=wrong), tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Failed MUST requirements:" in result.stdout
+    assert "--seed 12345 -k 'test_server_delivers_a_published_event_to_a_subscriber'" in (
+        result.stdout
+    )
+    report = _report(report_dir)
+    assert report["summary"]["verdict"] == "non-conforming"
+    failed = {entry["id"] for entry in report["summary"]["failed_musts"]}
+    assert "UNI-LC-9" in failed
+    assert wrong not in (report_dir / "report.json").read_text("utf-8")
+    suite = ET.parse(report_dir / "junit.xml").getroot()
+    assert suite.get("failures") == "1"
+
+
+def test_runner_refuses_to_run_without_a_way_to_mint_tokens(tmp_path: Path) -> None:
+    result = _run(["-m", "unisock_conformance.runner", "server", "ws://127.0.0.1:9/"], tmp_path)
+    assert result.returncode == 2
+    assert "--secret" in result.stderr
+
+
+@pytest.mark.slow
+def test_quick_suite_passes_against_the_reference_server(
+    reference_server: ReferenceServer, tmp_path: Path
+) -> None:
+    report_dir = tmp_path / "report"
+    result = _run(
+        _runner(reference_server.url, report_dir, "--profile", "quick"),
+        tmp_path,
+        timeout=QUICK_SUITE_TIMEOUT_S,
+    )
+    report = _report(report_dir)
+    _assert_complete_and_secret_free(report_dir, report)
+    ET.parse(report_dir / "junit.xml")
+    assert (report_dir / "report.html").is_file()
+    failed = [entry["id"] for entry in report["summary"]["failed_musts"]]
+    assert result.returncode == 0, f"failed MUSTs: {failed}\n{result.stdout[-4000:]}"
+
+
+def test_plugin_does_nothing_without_unisock_url(tmp_path: Path) -> None:
+    (tmp_path / "test_inert.py").write_text(
+        "from hypothesis import settings\n"
+        "def test_inert(request):\n"
+        "    assert request.config.pluginmanager.get_plugin('unisock-suite') is None\n"
+        "    assert not settings.get_current_profile_name().startswith('unisock-')\n",
+        "utf-8",
+    )
+    result = _run(
+        [
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-c",
+            os.devnull,
+            "--rootdir",
+            str(tmp_path),
+            "-q",
+            "--strict-markers",
+            str(tmp_path / "test_inert.py"),
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- grading ----------------------------------------------------------------------------------
+
+
+def _result(status: str, *ids: str, message: str = "") -> TestResult:
+    return TestResult(f"test_x.py::test_{len(ids)}_{status}", ids, status, message)  # type: ignore[arg-type]
+
+
+def test_failed_check_of_a_must_is_graded_fail() -> None:
+    assert grade_test(_result("failed", "UNI-X-1"), ["MUST"]) == "fail"
+    assert grade_test(_result("failed", "UNI-X-1", "UNI-X-2"), ["SHOULD", "MUST"]) == "fail"
+
+
+def test_failed_check_of_only_shoulds_is_graded_non_strict() -> None:
+    assert grade_test(_result("failed", "UNI-X-1"), ["SHOULD"]) == "non-strict"
+    assert grade_test(_result("failed", "UNI-X-1", "UNI-X-2"), ["SHOULD", "MAY"]) == "non-strict"
+
+
+def test_skipped_checks_are_graded_unimplemented_or_not_run_by_reason() -> None:
+    absent = _result("skipped", "UNI-X-1", message="unimplemented: no coalescing")
+    assert grade_test(absent, ["MUST"]) == "unimplemented"
+    assert grade_test(_result("skipped", "UNI-X-1", message="not-run: needs"), ["MUST"]) == (
+        "not-run"
+    )
+    assert grade_test(_result("deselected", "UNI-X-1"), ["MUST"]) == "not-run"
+    assert grade_test(_result("passed", "UNI-X-1"), ["MUST"]) == "pass"
+
+
+def test_worst_outcome_orders_fail_over_non_strict_over_unimplemented_over_not_run() -> None:
+    assert worst([]) == "pass"
+    assert worst(["pass", "not-run"]) == "not-run"
+    assert worst(["not-run", "unimplemented", "pass"]) == "unimplemented"
+    assert worst(["unimplemented", "non-strict"]) == "non-strict"
+    assert worst(["pass", "fail", "non-strict"]) == "fail"
+
+
+REGISTRY_SAMPLE: dict[str, Any] = {
+    "spec_version": "1.0.0",
+    "requirements": [
+        {"id": "UNI-A-1", "level": "MUST", "role": "server", "section": "01-a", "summary": ""},
+        {"id": "UNI-A-2", "level": "SHOULD", "role": "server", "section": "01-a", "summary": ""},
+        {"id": "UNI-A-3", "level": "MUST", "role": "client", "section": "01-a", "summary": ""},
+        {"id": "UNI-A-4", "level": "MUST", "role": "broadcaster", "section": "01-a", "summary": ""},
+        {
+            "id": "UNI-A-5",
+            "level": "MUST",
+            "role": "server",
+            "section": "01-a",
+            "summary": "",
+            "feature": "coalescing",
+        },
+    ],
+}
+
+
+def test_requirement_takes_the_worst_outcome_over_its_checks() -> None:
+    results = [
+        TestResult("t.py::ok", ("UNI-A-1", "UNI-A-2"), "passed"),
+        TestResult("t.py::bad", ("UNI-A-1",), "failed", "boom"),
+        TestResult("t.py::feature", ("UNI-A-5",), "passed"),
+    ]
+    grades = grade_requirements(REGISTRY_SAMPLE, results, features=frozenset())
+    outcome = {ident: grade.outcome for ident, grade in grades.requirements.items()}
+    assert outcome == {
+        "UNI-A-1": "fail",
+        "UNI-A-2": "pass",
+        "UNI-A-3": "not-applicable",
+        "UNI-A-4": "untested",
+        "UNI-A-5": "unimplemented",
+    }
+    assert grades.requirements["UNI-A-1"].tests == ("t.py::ok", "t.py::bad")
+    assert grades.tests == {"t.py::ok": "pass", "t.py::bad": "fail", "t.py::feature": "pass"}
+    assert exit_status(grades) == 1 and verdict(grades) == "non-conforming"
+
+
+def test_failed_should_gives_exit_status_0_and_a_non_strict_verdict() -> None:
+    results = [
+        TestResult("t.py::ok", ("UNI-A-1", "UNI-A-4", "UNI-A-5"), "passed"),
+        TestResult("t.py::should", ("UNI-A-2",), "failed"),
+    ]
+    grades = grade_requirements(REGISTRY_SAMPLE, results, features=frozenset({"coalescing"}))
+    assert grades.requirements["UNI-A-2"].outcome == "non-strict"
+    assert grades.requirements["UNI-A-5"].outcome == "pass"
+    assert exit_status(grades) == 0 and verdict(grades) == "conforming (non-strict)"
+
+
+def test_not_run_must_does_not_fail_the_run() -> None:
+    results = [TestResult("t.py::secret", ("UNI-A-1",), "skipped", "not-run: needs a secret")]
+    grades = grade_requirements(REGISTRY_SAMPLE, results, features=None)
+    assert grades.requirements["UNI-A-1"].outcome == "not-run"
+    assert exit_status(grades) == 0
+
+
+# -- deployment, names, reports ---------------------------------------------------------------
+
+
+def test_deployment_scales_timeouts_and_keeps_secrets_out_of_public_data() -> None:
+    deployment = Deployment("wss://h.example/ws", secret=SECRET, time_scale=2.5, seed=7)
+    assert deployment.timeout(2.0) == 5.0
+    assert SECRET not in json.dumps(deployment.public())
+    assert deployment.can_sign() and deployment.can_mint()
+    with pytest.raises(ValueError):
+        Deployment("http://h.example/")
+    assert hypothesis_profile("full") == "unisock-full"
+
+
+def test_names_are_fixed_by_seed_and_test_and_differ_between_tests() -> None:
+    first, again, other = Names(1, "t.py::a"), Names(1, "t.py::a"), Names(1, "t.py::b")
+    assert first.tenant() == again.tenant() and first.channel() == again.channel()
+    assert first.tenant() != other.tenant() and Names(2, "t.py::a").user() != first.user()
+    channels = {first.channel() for _ in range(50)}
+    assert len(channels) == 50
+
+
+def test_reports_never_show_url_credentials_queries_or_tokens() -> None:
+    assert sanitize_url("wss://u:p@h.example:8443/ws?token=abc#x") == "wss://h.example:8443/ws"
+    deployment = Deployment("ws://h/", secret=SECRET)
+    token = deployment.mint("acme", "alice")
+    cleaned = sanitize_text(f"got {token} with {SECRET}", deployment)
+    assert token not in cleaned and SECRET not in cleaned
+    assert requirement_link("03-tokens", "spec/") == "spec/03-tokens.md"
+    assert requirement_link("03-tokens#claims", "../spec/{section}/") == "../spec/03-tokens/#claims"
+
+
+def test_static_scan_finds_function_class_and_module_markers(tmp_path: Path) -> None:
+    (tmp_path / "test_sample.py").write_text(
+        "import pytest\n"
+        "IDS = ('UNI-B-2', 'UNI-B-3')\n"
+        "pytestmark = [pytest.mark.requirement('UNI-B-9')]\n"
+        "@pytest.mark.requirement('UNI-B-1', *IDS)\n"
+        "def test_one(): ...\n"
+        "@pytest.mark.requirement('UNI-B-4')\n"
+        "class TestGroup:\n"
+        "    def test_two(self): ...\n"
+        "TestMachine = object\n"
+        "TestMachine.pytestmark = pytest.mark.requirement('UNI-B-5')\n",
+        "utf-8",
+    )
+    assert scan_tests(tmp_path) == {
+        "test_sample.py::test_one": ["UNI-B-9", "UNI-B-1", "UNI-B-2", "UNI-B-3"],
+        "test_sample.py::TestGroup::test_two": ["UNI-B-9", "UNI-B-4"],
+        "test_sample.py::TestMachine": ["UNI-B-9", "UNI-B-5"],
+    }
+
+
+# -- connections ------------------------------------------------------------------------------
+
+
+class ScriptedServer:
+    """A bare WebSocket server that sends fixed frames, to test the checks' connection."""
+
+    def __init__(self, frames: list[str]) -> None:
+        self.frames = frames
+        self.received: list[str] = []
+        self.server: Server = serve(
+            self._handler,
+            "127.0.0.1",
+            0,
+            subprotocols=["unisock.v1"],  # type: ignore[list-item]
+        )
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"ws://127.0.0.1:{self.server.socket.getsockname()[1]}/"
+
+    def _handler(self, ws: ServerConnection) -> None:
+        for frame in self.frames:
+            ws.send(frame)
+        for message in ws:
+            self.received.append(str(message))
+            ws.send('{"type":"pong","id":"echo"}')
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.thread.join(timeout=10 * SCALE)
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedServer]:
+    server = ScriptedServer(['{"type":"ping","nonce":"n1"}', '{"type":"event"}'])
+    yield server
+    server.close()
+
+
+def test_connection_answers_ping_and_fails_on_a_schema_invalid_frame(
+    scripted: ScriptedServer,
+) -> None:
+    conn = open_conn(scripted.url, timeout=5 * SCALE)
+    try:
+        with pytest.raises(ProtocolViolation, match=r"server-message\.json"):
+            conn.expect("pong")
+        assert conn.frames == [{"type": "ping", "nonce": "n1"}]
+        assert conn.sent == [{"type": "pong", "nonce": "n1"}]
+        with pytest.raises(ProtocolViolation):
+            conn.recv()
+    finally:
+        conn.close()
+
+
+def test_connection_keeps_frames_it_passes_over_and_times_out_cleanly() -> None:
+    server = ScriptedServer(['{"type":"pong","id":"a"}', '{"type":"pong","id":"b"}'])
+    conn = open_conn(server.url, timeout=5 * SCALE)
+    try:
+        assert conn.expect("pong", where=lambda f: f.get("id") == "b")["id"] == "b"
+        assert conn.unmatched == [{"type": "pong", "id": "a"}]
+        assert conn.recv() == {"type": "pong", "id": "a"}
+        with pytest.raises(FrameTimeout):
+            conn.recv(timeout=0.05 * SCALE)
+        reply = conn.request({"type": "ping", "id": "echo"})
+        assert reply == {"type": "pong", "id": "echo"}
+    finally:
+        conn.close()
+        server.close()
+
+
+def test_progress_prints_one_line_per_area_and_the_failures_with_their_rerun_command() -> None:
+    deployment = Deployment("ws://h/", secret=SECRET, seed=3)
+    stream = io.StringIO()
+    progress = Progress(deployment, stream=stream, tty=False)
+    progress.start(3)
+    progress.test_done(TestResult("test_auth.py::test_a", ("UNI-A-1",), "passed"), "pass")
+    bad = TestResult("test_auth.py::test_b", ("UNI-A-1",), "failed", f"leaked {SECRET}")
+    progress.test_done(bad, "fail")
+    progress.test_done(TestResult("test_subscribe.py::test_c", ("UNI-A-2",), "passed"), "pass")
+    grades = grade_requirements(REGISTRY_SAMPLE, [bad], features=None)
+    progress.finish(grades, {bad.nodeid: bad})
+    text = stream.getvalue()
+    assert "\x1b" not in text and SECRET not in text
+    assert "FAIL test_auth.py::test_b [UNI-A-1]" in text
+    assert "rerun: --seed 3 -k 'test_b'" in text
+    assert "auth           1 pass, 1 fail" in text and "subscribe      1 pass" in text
+    assert "Failed MUST requirements:" in text and "Verdict: non-conforming (seed 3)" in text
