@@ -633,3 +633,13 @@ def test_internal_error_has_no_detail_on_the_wire() -> None:
 def test_to_message_request_id_overrides_the_recorded_one() -> None:
     assert Forbidden(request_id="a").to_message("b")["id"] == "b"
     assert Forbidden(request_id="a").to_message()["id"] == "a"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"type":"ping","id":"\\ud800"}', '{"type":"ping","nonce":"ok","x":["\\udfff"]}'],
+)
+def test_parser_reports_lone_surrogates_as_invalid_json(text: str) -> None:
+    """A lone surrogate parses as JSON but is no Unicode string; it can never be echoed."""
+    with pytest.raises(InvalidJson):
+        parse_client_message(text)

@@ -1136,7 +1136,7 @@ def test_drain_announces_the_window_keeps_serving_and_closes_4300_after_it() -> 
     assert only(send(core, {"type": "ping"}))["type"] == "pong"
     assert core.next_deadline_ms() == T0 + 5000
     assert core.tick(T0 + 4999) == []
-    assert core.tick(T0 + 5000) == [Close(4300, "drain")]
+    assert core.tick(T0 + 5000) == [Close(4300, "drain;window_ms=5000")]  # UNI-CLOSE-11
 
 
 def test_drain_uses_the_configured_window_by_default() -> None:

@@ -15,7 +15,7 @@ from unisock_conformance import spectext
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "spec"
-SECTIONS = [f"{n:02d}" for n in range(1, 16)]
+SECTIONS = [f"{n:02d}" for n in range(1, 17)]
 ROLES = {"server", "client", "broadcaster"}
 LEVELS = {"MUST", "SHOULD", "MAY"}
 

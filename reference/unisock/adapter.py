@@ -93,7 +93,6 @@ class Adapter:
     def __init__(self, write: Callable[[str], None]) -> None:
         self._write = write
         self._client: Client | None = None
-        self._time_scale = 1.0
         self._initial_token: str | None = None
         self._token_requests: dict[str, asyncio.Future[str | None]] = {}
         self._token_counter = 0
@@ -163,12 +162,12 @@ class Adapter:
         self._token_requests[rid] = future
         self._notify("token_request", request=rid)
         try:
-            token = await future
+            supplied = await future
         finally:
             self._token_requests.pop(rid, None)
-        if token is None:
+        if supplied is None:
             raise NoToken("the application has no token")
-        return token
+        return supplied
 
     def _on_state(self, state: ClientState) -> None:
         client = self._client
@@ -237,9 +236,8 @@ class Adapter:
     async def _cmd_hello(self, request: Mapping[str, Any]) -> dict[str, Any]:
         if request.get("protocol") != ADAPTER_PROTOCOL:
             raise _errored("unsupported_protocol", f"this adapter speaks {ADAPTER_PROTOCOL}")
-        scale = request.get("time_scale", 1.0)
-        if isinstance(scale, int | float) and not isinstance(scale, bool) and scale > 0:
-            self._time_scale = float(scale)
+        # time_scale is not passed on: Client(time_scale=...) would also stretch the values
+        # the harness announces in welcome, which the suite measures against.
         return {
             "protocol": ADAPTER_PROTOCOL,
             "adapter": {"name": ADAPTER_NAME, "version": __version__},
@@ -257,7 +255,6 @@ class Adapter:
                 self._client = Client(
                     url,
                     self._provide,
-                    time_scale=self._time_scale,
                     on_state_change=self._on_state,
                 )
             except ValueError as exc:

@@ -73,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="validate message files against the schemas")
     validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
+
+    from unisock_conformance.client_suite.runner import add_client_parser
+    from unisock_conformance.runner import add_server_parser
+
+    conformance = commands.add_parser("conformance", help="run a conformance suite")
+    targets = conformance.add_subparsers(dest="target", required=True, metavar="TARGET")
+    add_server_parser(targets)
+    add_client_parser(targets)
+
+    adapter = commands.add_parser(
+        "client-adapter", help="the reference client's test adapter (JSON lines on stdin/stdout)"
+    )
+    adapter.add_argument("--log-level", default="WARNING")
     return parser
 
 
@@ -85,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "listen": _listen,
         "publish": _publish,
         "validate": _validate,
+        "conformance": lambda parsed: int(parsed.conformance_handler(parsed)),
+        "client-adapter": _client_adapter,
     }[args.command]
     from unisock.errors import UnisockError
 
@@ -201,6 +216,12 @@ def _publish(args: argparse.Namespace) -> int:
         print(f"publish refused: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _client_adapter(args: argparse.Namespace) -> int:
+    from unisock.adapter import main as adapter_main
+
+    return adapter_main(["--log-level", args.log_level])
 
 
 def _validate(args: argparse.Namespace) -> int:

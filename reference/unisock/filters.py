@@ -39,9 +39,14 @@ Scalar = str | int | float | bool | None
 
 
 class FilterError(ValueError):
-    """A filter is malformed or too large (wire code ``invalid_filter``)."""
+    """A filter is malformed or too large (wire code ``invalid_filter``).
+
+    ``pointer`` is the JSON Pointer of the offending node relative to the filter's root
+    (``""`` for the root itself), so the error can name it (UNI-SUB-19).
+    """
 
     code: ClassVar[str] = "invalid_filter"
+    pointer: str | None = None
 
 
 # Compiled nodes. Frozen and hashable so a compiled filter can be shared and compared.
@@ -144,7 +149,15 @@ class _Compiler:
         self.nodes = 0
         self.deepest = 0
 
-    def node(self, obj: object, depth: int) -> _Node:
+    def node(self, obj: object, depth: int, path: str = "") -> _Node:
+        try:
+            return self._node(obj, depth, path)
+        except FilterError as exc:
+            if exc.pointer is None:  # the innermost node that failed names itself
+                exc.pointer = path
+            raise
+
+    def _node(self, obj: object, depth: int, path: str) -> _Node:
         if not isinstance(obj, dict):
             raise FilterError("a filter node must be an object")
         self.nodes += 1
@@ -174,10 +187,12 @@ class _Compiler:
         if op in ("and", "or"):
             if not isinstance(arg, list) or not 1 <= len(arg) <= MAX_LOGIC_ITEMS:
                 raise FilterError(f"'{op}' needs a list of 1..{MAX_LOGIC_ITEMS} filters")
-            items = tuple(self.node(item, depth + 1) for item in arg)
+            items = tuple(
+                self.node(item, depth + 1, f"{path}/{op}/{index}") for index, item in enumerate(arg)
+            )
             return _All(items) if op == "and" else _Any(items)
         if op == "not":
-            return _Not(self.node(arg, depth + 1))
+            return _Not(self.node(arg, depth + 1, f"{path}/not"))
         raise FilterError(f"unknown filter operator {op!r}")
 
 

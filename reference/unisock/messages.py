@@ -646,6 +646,20 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(item) for item in value)
+    return False
+
+
 def readable_id(obj: Mapping[str, Any]) -> str | None:
     """The message's ``id`` if it is a valid request id, else ``None`` (UNI-ERR echo rule)."""
     value = obj.get("id")
@@ -679,7 +693,8 @@ def _precheck(kind: str, obj: Mapping[str, Any], rid: str | None, max_filter_nod
         try:
             compile_filter(obj["filter"], max_nodes=max_filter_nodes)
         except FilterError as exc:
-            raise InvalidFilter(str(exc), request_id=rid) from None
+            pointer = f"/filter{exc.pointer or ''}"  # UNI-SUB-19
+            raise InvalidFilter(str(exc), request_id=rid, details={"pointer": pointer}) from None
     positions = obj.get("from")
     if isinstance(positions, dict):
         for name in positions:
@@ -689,7 +704,11 @@ def _precheck(kind: str, obj: Mapping[str, Any], rid: str | None, max_filter_nod
                 raise InvalidPosition(f"from: {exc}", request_id=rid) from None
 
 
-_OWN_CODE_FIELDS = {"channel": str, "filter": dict, "from": dict}
+_OWN_CODE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "channel": str,
+    "filter": object,  # any JSON value that is not a valid filter is invalid_filter
+    "from": dict,
+}
 
 
 def _has_own_code(obj: Mapping[str, Any], error: ValidationError) -> bool:
@@ -697,7 +716,8 @@ def _has_own_code(obj: Mapping[str, Any], error: ValidationError) -> bool:
 
     A ``channel`` string, a ``filter`` object and the keys of a ``from`` object are judged by
     ``invalid_channel``, ``invalid_filter`` and ``invalid_position`` (section 1.5 step 5); a
-    field of the wrong JSON type, or a malformed position value, stays ``invalid_message``.
+    ``channel`` or ``from`` of the wrong JSON type, or a malformed position value, stays
+    ``invalid_message``.
     """
     path = list(error.absolute_path)
     if not path or path[0] not in _OWN_CODE_FIELDS:
@@ -780,6 +800,9 @@ def parse_client_message(text: str, *, max_filter_nodes: int = MAX_NODES) -> Cli
         obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError):
         raise InvalidJson("the frame is not valid JSON") from None
+    if "\\u" in text and _has_lone_surrogate(obj):
+        # "\ud800" is valid JSON syntax but no Unicode string: it could never be echoed back.
+        raise InvalidJson("the frame has a string that is not valid Unicode")
     if not isinstance(obj, dict):
         raise InvalidMessage("a message must be a JSON object")
     rid = readable_id(obj)

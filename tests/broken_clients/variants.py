@@ -20,6 +20,11 @@ from unisock.backoff import BackoffParams
 from unisock.closecodes import ReconnectClass, close_class
 
 
+def _patch(name: str, value: object) -> None:
+    """Replace a name the client module imported (it is not part of its public API)."""
+    setattr(client_module, name, value)
+
+
 def _floor(params: BackoffParams, retry_after_ms: int | None) -> int:
     return max(params.floor, retry_after_ms or 0)
 
@@ -27,34 +32,42 @@ def _floor(params: BackoffParams, retry_after_ms: int | None) -> int:
 def no_jitter() -> None:
     """Always the top of the range: max(F, R, min(cap, base * 2^n))."""
 
-    def delay(params: BackoffParams, attempt: int, rng: random.Random, retry: int | None = None) -> int:
-        return max(_floor(params, retry), min(params.cap_ms, params.base_ms * 2 ** min(attempt, 30)))
+    def delay(
+        params: BackoffParams, attempt: int, rng: random.Random, retry: int | None = None
+    ) -> int:
+        return max(
+            _floor(params, retry), min(params.cap_ms, params.base_ms * (1 << min(attempt, 30)))
+        )
 
-    client_module.backoff_delay = delay  # type: ignore[assignment]
+    _patch("backoff_delay", delay)
 
 
 def no_backoff_cap() -> None:
     """Full jitter, but the range keeps doubling past cap_ms."""
 
-    def delay(params: BackoffParams, attempt: int, rng: random.Random, retry: int | None = None) -> int:
-        return max(_floor(params, retry), rng.randint(0, params.base_ms * 2 ** min(attempt, 30)))
+    def delay(
+        params: BackoffParams, attempt: int, rng: random.Random, retry: int | None = None
+    ) -> int:
+        return max(_floor(params, retry), rng.randint(0, params.base_ms * (1 << min(attempt, 30))))
 
-    client_module.backoff_delay = delay  # type: ignore[assignment]
+    _patch("backoff_delay", delay)
 
 
 def _reclassify(mapping: Callable[[int], ReconnectClass | None]) -> None:
     def patched(code: int) -> ReconnectClass:
         return mapping(code) or close_class(code)
 
-    client_module.close_class = patched  # type: ignore[assignment]
+    _patch("close_class", patched)
 
 
 def reconnect_on_fatal() -> None:
     """Treats every close of class never, except 4001, as a transient failure."""
     _reclassify(
-        lambda code: ReconnectClass.BACKOFF
-        if code != 4001 and close_class(code) is ReconnectClass.NEVER
-        else None
+        lambda code: (
+            ReconnectClass.BACKOFF
+            if code != 4001 and close_class(code) is ReconnectClass.NEVER
+            else None
+        )
     )
 
 
@@ -107,8 +120,12 @@ def no_dedup() -> None:
 def no_floor() -> None:
     """Full jitter without the floor F: reconnects can follow each other at once."""
 
-    def delay(params: BackoffParams, attempt: int, rng: random.Random, retry: int | None = None) -> int:
-        return max(retry or 0, rng.randint(0, min(params.cap_ms, params.base_ms * 2 ** min(attempt, 30))))
+    def delay(
+        params: BackoffParams, attempt: int, rng: random.Random, retry: int | None = None
+    ) -> int:
+        return max(
+            retry or 0, rng.randint(0, min(params.cap_ms, params.base_ms * (1 << min(attempt, 30))))
+        )
 
     def drain(window_ms: int | None, params: BackoffParams, rng: random.Random) -> int:
         return rng.randint(0, params.cap_ms if window_ms is None else window_ms)
@@ -116,8 +133,8 @@ def no_floor() -> None:
     async def no_wait(self: client_module.Client) -> None:
         return None
 
-    client_module.backoff_delay = delay  # type: ignore[assignment]
-    client_module.drain_delay = drain  # type: ignore[assignment]
+    _patch("backoff_delay", delay)
+    _patch("drain_delay", drain)
     client_module.Client._wait_floor = no_wait  # type: ignore[method-assign]
 
 
@@ -130,7 +147,7 @@ def fixed_seed() -> None:
 
     shim = type(sys)("random_shim")
     shim.Random = Seeded  # type: ignore[attr-defined]
-    client_module.random = shim  # type: ignore[attr-defined]
+    _patch("random", shim)
 
 
 def new_message_id_on_retry() -> None:

@@ -1,0 +1,163 @@
+"""Heartbeats (spec section 8): server pings, pong replies, and the silence bound.
+
+Timing checks run only when the announced interval fits the profile's budget (quick: 3 s,
+full: 30 s) and are skipped as not run otherwise. Liveness is judged on Unisock messages
+only: the test connections never send WebSocket control frames of their own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from unisock_conformance.checks.conftest import User
+from unisock_conformance.deployment import NOT_RUN_PREFIX, Deployment, Names
+from unisock_conformance.wire import Conn
+
+Frame = dict[str, Any]
+BUDGET_S = {"quick": 3.0, "full": 30.0}
+
+
+def _timing(conn: Conn) -> tuple[float, float]:
+    assert conn.welcome is not None
+    heartbeat = conn.welcome["heartbeat"]
+    return heartbeat["interval_ms"] / 1000, heartbeat["timeout_ms"] / 1000
+
+
+def _budget(deployment: Deployment, seconds: float, what: str) -> None:
+    budget = BUDGET_S.get(deployment.profile, 3.0)
+    if seconds > budget:
+        pytest.skip(
+            f"{NOT_RUN_PREFIX} {what} of {seconds:.1f} s exceeds the {deployment.profile} "
+            f"profile's timing budget of {budget:.0f} s"
+        )
+
+
+def _late(deployment: Deployment, seconds: float) -> float:
+    return deployment.timeout(max(0.3, 0.25 * seconds))
+
+
+class Chatter:
+    """Sends a message every ``every_s`` seconds on a thread (traffic the server must not need)."""
+
+    def __init__(self, conn: Conn, every_s: float, message: Frame | str) -> None:
+        self.conn, self.every_s, self.message = conn, every_s, message
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every_s):
+            try:
+                self.conn.send(self.message)
+            except Exception:  # closed: the check reports it
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+# -- 8.3 server rules ------------------------------------------------------------------------------
+
+
+@pytest.mark.requirement("UNI-HB-1", "UNI-HB-7", "UNI-LC-12")
+def test_server_pings_every_interval_regardless_of_traffic(
+    user: User, deployment: Deployment, names: Names
+) -> None:
+    conn = user(names.tenant(), names.user())
+    welcomed = time.monotonic()
+    interval, _timeout = _timing(conn)
+    _budget(deployment, 3 * interval, "three heartbeat intervals")
+    # Client pings keep traffic flowing in both directions; server pings must not pause.
+    chatter = Chatter(conn, interval / 4, {"type": "ping"})
+    try:
+        arrivals = []
+        for _ in range(3):
+            ping = conn.expect("ping", timeout=interval + _late(deployment, interval))
+            arrivals.append(time.monotonic())
+            nonce = ping.get("nonce")
+            assert nonce is None or (isinstance(nonce, str) and len(nonce) <= 64), ping
+    finally:
+        chatter.close()
+    early = deployment.timeout(0.1)
+    gaps = [arrivals[0] - welcomed] + [b - a for a, b in itertools.pairwise(arrivals)]
+    for gap in gaps:
+        assert interval - early <= gap <= interval + _late(deployment, interval), (
+            f"server ping gaps {[round(g, 3) for g in gaps]} s for an interval of {interval} s"
+        )
+
+
+@pytest.mark.requirement("UNI-HB-2", "UNI-TR-25")
+@pytest.mark.parametrize(
+    "ping",
+    [
+        {"type": "ping"},
+        {"type": "ping", "nonce": "n-1"},
+        {"type": "ping", "id": "k1"},
+        {"type": "ping", "id": "rtt-3", "nonce": "1764120000456"},
+        {"type": "ping", "id": "k2", "nonce": ""},
+        {"type": "ping", "id": "k3", "nonce": "x" * 64},
+    ],
+    ids=["bare", "nonce", "id", "id-and-nonce", "empty-nonce", "64-char-nonce"],
+)
+def test_server_answers_client_ping_with_pong_echoing_nonce_and_id(
+    user: User, names: Names, ping: Frame
+) -> None:
+    conn = user(names.tenant(), names.user())
+    conn.send(ping)
+    pong = conn.expect("pong")
+    assert pong.get("id") == ping.get("id") and pong.get("nonce") == ping.get("nonce"), pong
+    assert ("id" in pong) == ("id" in ping) and ("nonce" in pong) == ("nonce" in ping), pong
+
+
+@pytest.mark.requirement("UNI-HB-3", "UNI-CLOSE-9", "UNI-LC-12")
+def test_server_closes_4201_after_silence_bound(
+    user: User, deployment: Deployment, names: Names
+) -> None:
+    conn = user(names.tenant(), names.user())
+    conn.auto_pong = False
+    last_sent = time.monotonic()
+    interval, timeout = _timing(conn)
+    bound = interval + timeout
+    _budget(deployment, bound, "heartbeat silence bound")
+    code, reason = conn.expect_close(timeout=bound + _late(deployment, bound))
+    elapsed = time.monotonic() - last_sent
+    assert (code, reason.split(";")[0]) == (4201, "heartbeat_timeout"), (code, reason)
+    assert elapsed >= bound - deployment.timeout(0.1), (
+        f"closed after {elapsed:.3f} s of silence, before the bound of {bound:.3f} s"
+    )
+
+
+@pytest.mark.requirement("UNI-HB-4", "UNI-HB-5", "UNI-HB-6")
+@pytest.mark.parametrize(
+    "message",
+    [{"type": "pong", "nonce": "unsolicited", "id": "x"}, "not json"],
+    ids=["unsolicited-pong", "invalid-json"],
+)
+def test_server_keeps_connection_alive_on_any_client_message(
+    user: User, deployment: Deployment, names: Names, message: Frame | str
+) -> None:
+    """Any message resets the silence timer, even an unsolicited pong or an invalid one;
+    the connection sends no WebSocket control frames and never answers pings itself."""
+    conn = user(names.tenant(), names.user())
+    conn.auto_pong = False
+    interval, timeout = _timing(conn)
+    bound = interval + timeout
+    _budget(deployment, 1.5 * bound, "1.5 heartbeat silence bounds")
+    chatter = Chatter(conn, bound / 4, message)
+    try:
+        assert not conn.closed.wait(1.5 * bound), (
+            f"closed with {conn.close_code} {conn.close_reason!r} although a message "
+            f"arrived every {bound / 4:.3f} s"
+        )
+    finally:
+        chatter.close()
+    assert conn.request({"type": "ping", "id": "alive"})["type"] == "pong"
+    errors = [f for f in conn.frames if f.get("type") == "error"]
+    if isinstance(message, dict) and message["type"] == "pong":
+        assert errors == [], f"an unsolicited pong was answered with an error: {errors}"

@@ -1,0 +1,566 @@
+"""Section 6: publish. Acks, refusals, authorisation, targeting, typed events, idempotency.
+
+Negative delivery checks use fences: the publisher sends a later event on a channel the
+receiver is subscribed to, and once that event has arrived everything published before it
+has too (section 7.4), so "was not delivered" is decided without sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from unisock_conformance.checks.conftest import User
+from unisock_conformance.deployment import Names, ServerInfo, unimplemented
+from unisock_conformance.oracle import json_equal
+from unisock_conformance.wire import Conn
+
+Frame = dict[str, Any]
+
+# A valid and an invalid payload for the example event type the project publishes under
+# schemas/v1/events/task.updated.json; deployments that register it must refuse the latter.
+TASK_UPDATED_OK = {
+    "task_id": "42",
+    "version": 7,
+    "changes": {"status": "in_progress"},
+    "updated_by": "alice",
+    "updated_at": 1764120000456,
+}
+TASK_UPDATED_BAD = {**TASK_UPDATED_OK, "changes": {"status": "finished"}}
+_POINTER = re.compile(r"^(/([^~/]|~[01])*)*$")
+
+
+def _refusal(conn: Conn, message: Frame) -> Frame:
+    """Send ``message`` and return the error reply (fail on anything else)."""
+    reply = conn.request(message)
+    assert reply.get("type") == "error", f"expected an error for {message}, got {reply}"
+    return reply
+
+
+def _not_delivered(receiver: Conn, publisher: Conn, fence_channel: str, message_id: str) -> None:
+    """Prove with a fence on ``fence_channel`` that ``message_id`` never reached ``receiver``."""
+    receiver.assert_no_frame(
+        "event",
+        fence=lambda: publisher.publish(fence_channel, "fence.event"),
+        where=lambda frame: frame.get("message_id") == message_id,
+    )
+
+
+def _delivered(receiver: Conn, message_id: str) -> Frame:
+    return receiver.expect("event", where=lambda frame: frame.get("message_id") == message_id)
+
+
+# -- acks ------------------------------------------------------------------------------------
+
+
+@pytest.mark.requirement("UNI-PUB-25", "UNI-PUB-28", "UNI-DEL-7")
+def test_server_acknowledges_new_publishes_with_contiguous_offsets(
+    user: User, names: Names
+) -> None:
+    alice = user(names.tenant(), names.user())
+    channel = names.channel()
+    acks = []
+    for i in range(3):
+        message = alice.publish_message(channel, "test.event", {"i": i}, id=f"p-{i}")
+        acks.append(alice.request(message))
+        ack = acks[-1]
+        assert ack["type"] == "ack" and ack["id"] == f"p-{i}", ack
+        assert ack["channel"] == channel and ack["message_id"] == message["message_id"], ack
+        assert ack["duplicate"] is False, ack
+    assert [a["offset"] for a in acks] == [1, 2, 3]
+    assert len({a["epoch"] for a in acks}) == 1
+
+
+@pytest.mark.requirement("UNI-PUB-25")
+def test_server_answers_each_publish_with_exactly_one_reply(user: User, names: Names) -> None:
+    allowed = names.channel()
+    alice = user(names.tenant(), names.user(), publish=(allowed,))
+    messages = [
+        alice.publish_message(allowed, id="p-ok"),
+        alice.publish_message(names.channel(), id="p-forbidden"),
+        alice.publish_message(allowed, "Bad Event", id="p-invalid"),
+    ]
+    for message in messages:
+        alice.send(message)
+    alice.request({"type": "ping", "id": "after-all"})
+    replies = [f for f in alice.frames if f.get("id") in {"p-ok", "p-forbidden", "p-invalid"}]
+    assert sorted(f["id"] for f in replies) == ["p-forbidden", "p-invalid", "p-ok"], replies
+    kinds = {f["id"]: f.get("code", f["type"]) for f in replies}
+    assert kinds == {"p-ok": "ack", "p-forbidden": "forbidden", "p-invalid": "invalid_message"}
+
+
+# -- refusals --------------------------------------------------------------------------------
+
+
+def _publish_without(field: str) -> Frame:
+    message: Frame = {
+        "type": "publish",
+        "id": "p-missing",
+        "channel": "missing",
+        "event": "test.event",
+        "data": {},
+        "message_id": "m-missing",
+    }
+    del message[field]
+    return message
+
+
+@pytest.mark.requirement("UNI-PUB-1")
+@pytest.mark.parametrize("field", ["id", "channel", "event", "data", "message_id"])
+def test_server_refuses_publish_missing_a_required_field_with_invalid_message(
+    user: User, names: Names, field: str
+) -> None:
+    alice = user(names.tenant(), names.user())
+    message = _publish_without(field)
+    alice.send(message)
+    reply = alice.expect("error")
+    assert reply["code"] == "invalid_message", reply
+    if field != "id":
+        assert reply.get("id") == "p-missing", reply
+
+
+@pytest.mark.requirement("UNI-PUB-1")
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("event", "Task.Updated"),
+        ("event", "task..updated"),
+        ("event", "t" * 65),
+        ("message_id", "m" * 129),
+        ("message_id", ""),
+        ("exclude_self", "yes"),
+        ("to", []),
+        ("attrs", {"Bad-Key": 1}),
+        ("attrs", {"nested": {"a": 1}}),
+        ("attrs", {"long": "x" * 257}),
+        ("key", ""),
+    ],
+)
+def test_server_refuses_publish_with_a_schema_invalid_field_with_invalid_message(
+    user: User, names: Names, field: str, value: Any
+) -> None:
+    alice = user(names.tenant(), names.user())
+    channel = names.channel()
+    alice.subscribe(channel)
+    message = alice.publish_message(channel)
+    message[field] = value
+    reply = _refusal(alice, message)
+    assert reply["code"] == "invalid_message", reply
+    ack = alice.publish(channel)
+    assert ack["offset"] == 1, f"UNI-PUB-27: the refused publish took an offset: {ack}"
+
+
+@pytest.mark.requirement("UNI-PUB-2")
+@pytest.mark.parametrize(
+    "channel", ["tasks.*", "tasks.>", ">", "Tasks.1", "tasks..1", "tasks.1 ", "$sys", "$acme.x"]
+)
+def test_server_refuses_publish_to_a_pattern_or_non_canonical_name_with_invalid_channel(
+    user: User, names: Names, channel: str
+) -> None:
+    alice = user(names.tenant(), names.user(), publish=(">", "$me.>"))
+    reply = _refusal(alice, alice.publish_message(channel))
+    assert reply["code"] == "invalid_channel", reply
+
+
+@pytest.mark.requirement("UNI-PUB-3")
+def test_server_refuses_publish_over_max_targets_with_invalid_message(
+    user: User, names: Names, server_info: ServerInfo
+) -> None:
+    limit = int(server_info.limits.get("max_targets", 100))
+    alice = user(names.tenant(), names.user())
+    over = [f"u{i}" for i in range(limit + 1)]
+    for field in ("to", "exclude"):
+        message = alice.publish_message(names.channel())
+        message[field] = over
+        assert _refusal(alice, message)["code"] == "invalid_message"
+    at_limit = alice.publish_message(names.channel())
+    at_limit["to"] = over[:limit]
+    assert alice.request(at_limit)["type"] == "ack"
+
+
+@pytest.mark.requirement("UNI-PUB-3")
+def test_server_refuses_publish_over_max_attrs_with_invalid_message(
+    user: User, names: Names, server_info: ServerInfo
+) -> None:
+    limit = int(server_info.limits.get("max_attrs", 16))
+    alice = user(names.tenant(), names.user())
+    attrs = {f"a{i}": i for i in range(limit + 1)}
+    message = alice.publish_message(names.channel(), attrs=attrs)
+    assert _refusal(alice, message)["code"] == "invalid_message"
+    del attrs[f"a{limit}"]
+    assert alice.request(alice.publish_message(names.channel(), attrs=attrs))["type"] == "ack"
+
+
+# -- authorisation ---------------------------------------------------------------------------
+
+
+@pytest.mark.requirement("UNI-PUB-4", "UNI-PUB-27")
+def test_server_refuses_publish_outside_publish_grants_and_sequences_nothing(
+    user: User, names: Names
+) -> None:
+    tenant, base = names.tenant(), names.channel()
+    alice = user(tenant, names.user(0), publish=(f"{base}.*",))
+    bob = user(tenant, names.user(1))
+    bob.subscribe(f"{base}.>")
+    for channel in (f"{base}.a.b", base, names.channel()):
+        message = alice.publish_message(channel)
+        assert _refusal(alice, message)["code"] == "forbidden"
+        if channel.startswith(base + "."):
+            _not_delivered(bob, alice, f"{base}.fence", message["message_id"])
+    ack = alice.publish(f"{base}.a")
+    assert ack["offset"] == 1
+
+
+@pytest.mark.requirement("UNI-PUB-5")
+def test_server_refuses_sys_publish_from_a_user_role_connection(user: User, names: Names) -> None:
+    channel = f"$sys.{names.channel()}"
+    alice = user(names.tenant(), names.user(), publish=("$sys.>", ">"))
+    assert _refusal(alice, alice.publish_message(channel))["code"] == "forbidden"
+
+
+@pytest.mark.requirement("UNI-PUB-6")
+@pytest.mark.feature("system_namespace")
+@pytest.mark.parametrize("field", ["to", "exclude", "user"])
+def test_server_refuses_sys_publish_with_targeting_fields(
+    user: User, names: Names, field: str
+) -> None:
+    backend = user(names.tenant(), names.user(), publish=("$sys.>",), broadcaster=True)
+    message = backend.publish_message(f"$sys.{names.channel()}")
+    message[field] = "bob" if field == "user" else ["bob"]
+    assert _refusal(backend, message)["code"] == "invalid_message"
+
+
+@pytest.mark.requirement("UNI-PUB-7")
+def test_server_refuses_user_field_outside_the_me_namespace(user: User, names: Names) -> None:
+    for broadcaster in (False, True):
+        conn = user(names.tenant(), names.user(), broadcaster=broadcaster)
+        message = conn.publish_message(names.channel(), user=names.user(9))
+        assert _refusal(conn, message)["code"] == "invalid_message"
+
+
+@pytest.mark.requirement("UNI-PUB-8", "UNI-CH-10", "UNI-DEL-3", "UNI-DEL-6")
+def test_server_sequences_me_publishes_in_the_named_users_private_channel(
+    user: User, names: Names
+) -> None:
+    tenant = names.tenant()
+    alice_sub, bob_sub = names.user(0), names.user(1)
+    backend = user(tenant, names.user(9), publish=("$me.>",), broadcaster=True)
+    alice = user(tenant, alice_sub, publish=("$me.>",))
+    bob = user(tenant, bob_sub)
+    alice.subscribe("$me.>")
+    bob.subscribe("$me.inbox")
+    to_bob = backend.publish("$me.inbox", "note.created", {"n": 1}, user=bob_sub)
+    to_alice = alice.publish("$me.inbox", "note.created", {"n": 2})
+    assert to_bob["offset"] == 1 and to_alice["offset"] == 1, (
+        f"UNI-DEL-6: each user's $me.inbox is its own offset scope: {to_bob}, {to_alice}"
+    )
+    got = _delivered(bob, to_bob["message_id"])
+    assert got["channel"] == "$me.inbox" and got["publisher"] == names.user(9), got
+    mine = _delivered(alice, to_alice["message_id"])
+    assert mine["channel"] == "$me.inbox", mine
+    _not_delivered(alice, alice, "$me.fence", to_bob["message_id"])
+    bob_fence = backend.publish("$me.inbox", "fence.event", user=bob_sub)
+    _delivered(bob, bob_fence["message_id"])
+    assert not [e for e in bob.events() if e["message_id"] == to_alice["message_id"]]
+
+
+@pytest.mark.requirement("UNI-PUB-9")
+def test_server_refuses_user_role_publish_to_another_users_private_channel(
+    user: User, names: Names
+) -> None:
+    alice = user(names.tenant(), names.user(0), publish=("$me.>",))
+    message = alice.publish_message("$me.inbox", user=names.user(1))
+    assert _refusal(alice, message)["code"] == "forbidden"
+    assert alice.publish("$me.inbox", user=names.user(0))["type"] == "ack"
+
+
+# -- targeting -------------------------------------------------------------------------------
+
+
+def _trio(user: User, names: Names) -> tuple[Conn, Conn, Conn, str, str]:
+    tenant, channel = names.tenant(), names.channel()
+    conns = [user(tenant, names.user(i)) for i in range(3)]
+    for conn in conns:
+        conn.subscribe(channel)
+    return conns[0], conns[1], conns[2], channel, tenant
+
+
+@pytest.mark.requirement("UNI-PUB-10")
+def test_server_delivers_a_targeted_event_only_to_listed_users(user: User, names: Names) -> None:
+    alice, bob, carol, channel, _ = _trio(user, names)
+    ack = alice.publish(channel, to=[names.user(1), "nobody-connected"])
+    _delivered(bob, ack["message_id"])
+    _not_delivered(carol, alice, channel, ack["message_id"])
+    _not_delivered(alice, bob, channel, ack["message_id"])
+
+
+@pytest.mark.requirement("UNI-PUB-11")
+def test_server_never_delivers_to_excluded_users_even_when_also_targeted(
+    user: User, names: Names
+) -> None:
+    alice, bob, carol, channel, _ = _trio(user, names)
+    ack = alice.publish(channel, to=[names.user(1), names.user(2)], exclude=[names.user(1)])
+    _delivered(carol, ack["message_id"])
+    _not_delivered(bob, alice, channel, ack["message_id"])
+    plain = alice.publish(channel, exclude=[names.user(2)])
+    _delivered(bob, plain["message_id"])
+    _delivered(alice, plain["message_id"])
+    _not_delivered(carol, alice, channel, plain["message_id"])
+
+
+@pytest.mark.requirement("UNI-PUB-12")
+def test_server_applies_exclude_self_to_the_publishing_connection_only(
+    user: User, names: Names
+) -> None:
+    tenant, channel, sub = names.tenant(), names.channel(), names.user()
+    tab1, tab2 = user(tenant, sub), user(tenant, sub)
+    tab1.subscribe(channel)
+    tab2.subscribe(channel)
+    ack = tab1.publish(channel, exclude_self=True)
+    _delivered(tab2, ack["message_id"])
+    _not_delivered(tab1, tab2, channel, ack["message_id"])
+
+
+@pytest.mark.requirement("UNI-PUB-13")
+def test_server_sequences_a_targeted_event_that_reaches_nobody(user: User, names: Names) -> None:
+    alice, bob, _, channel, _ = _trio(user, names)
+    first = alice.publish(channel)
+    hidden = alice.publish(channel, to=["nobody-connected"])
+    last = alice.publish(channel)
+    assert [first["offset"], hidden["offset"], last["offset"]] == [1, 2, 3]
+    events = bob.wait_events(lambda e: e["channel"] == channel, 2)
+    assert [e["offset"] for e in events[:2]] == [1, 3]
+
+
+# -- event content ---------------------------------------------------------------------------
+
+_PAYLOADS: list[Any] = [
+    {"nested": {"list": [1, 2.5, -3, True, None, "é€😀"], "empty": {}}, "big": 9007199254740991},
+    [1, "two", {"three": 3}],
+    "just a string",
+    0,
+    None,
+]
+
+
+@pytest.mark.requirement("UNI-PUB-14", "UNI-PUB-15", "UNI-DEL-1")
+@pytest.mark.parametrize("data", _PAYLOADS, ids=["object", "array", "string", "number", "null"])
+def test_server_copies_event_data_message_id_and_attrs_into_the_frame(
+    user: User, names: Names, data: Any
+) -> None:
+    alice, bob, _, channel, _ = _trio(user, names)
+    attrs = {"prio": 2, "kind": "a", "flag": False, "none": None, "ratio": 0.5}
+    ack = alice.publish(channel, "test.content", data, attrs=attrs)
+    frame = _delivered(bob, ack["message_id"])
+    assert frame["event"] == "test.content"
+    assert json_equal(frame["data"], data), f"data {frame['data']!r} != {data!r}"
+    assert json_equal(frame["attrs"], attrs), frame
+    assert frame["publisher"] == names.user(0), frame
+    assert (frame["epoch"], frame["offset"]) == (ack["epoch"], ack["offset"])
+    assert isinstance(frame["ts"], int) and frame["ts"] > 1_600_000_000_000, frame
+
+
+@pytest.mark.requirement("UNI-PUB-14")
+def test_server_copies_empty_attrs_into_the_frame(user: User, names: Names) -> None:
+    alice, bob, _, channel, _ = _trio(user, names)
+    ack = alice.publish(channel, attrs={})
+    frame = _delivered(bob, ack["message_id"])
+    assert frame.get("attrs") == {}, f"a publish carrying attrs {{}} gave {frame}"
+
+
+@pytest.mark.requirement("UNI-DEL-1", "UNI-PUB-14")
+def test_server_omits_attrs_when_the_publish_had_none(user: User, names: Names) -> None:
+    alice, bob, _, channel, _ = _trio(user, names)
+    ack = alice.publish(channel)
+    assert "attrs" not in _delivered(bob, ack["message_id"])
+
+
+# -- typed events ----------------------------------------------------------------------------
+
+
+@pytest.mark.requirement("UNI-PUB-16", "UNI-PUB-17", "UNI-PUB-27")
+@pytest.mark.feature("typed_events")
+def test_server_refuses_registered_event_with_invalid_data_naming_the_pointer(
+    user: User, names: Names
+) -> None:
+    alice, bob, _, channel, _ = _trio(user, names)
+    message = alice.publish_message(channel, "task.updated", TASK_UPDATED_BAD)
+    reply = alice.request(message)
+    if reply.get("type") == "ack":
+        unimplemented("the deployment does not register the example type task.updated")
+    assert reply.get("code") == "invalid_event_data", reply
+    pointer = reply.get("details", {}).get("pointer")
+    assert isinstance(pointer, str) and pointer.startswith("/data"), reply
+    assert _POINTER.fullmatch(pointer), f"not an RFC 6901 pointer: {pointer!r}"
+    assert set(reply["details"]) == {"pointer"}, f"details reveal more than the location: {reply}"
+    text = json.dumps(reply)
+    for internal in ("$schema", "additionalProperties", "Failed validating", "Traceback"):
+        assert internal not in text, f"error reveals schema internals ({internal}): {reply}"
+    ok = alice.publish(channel, "task.updated", TASK_UPDATED_OK)
+    assert ok["offset"] == 1, f"the refused publish took an offset: {ok}"
+    _not_delivered(bob, alice, channel, message["message_id"])
+
+
+@pytest.mark.requirement("UNI-PUB-19")
+@pytest.mark.feature("typed_events")
+def test_server_in_open_mode_accepts_an_unregistered_type_without_checking_data(
+    user: User, names: Names
+) -> None:
+    alice = user(names.tenant(), names.user())
+    reply = alice.request(alice.publish_message(names.channel(), "zz.unregistered", "any"))
+    if reply.get("code") == "unknown_event_type":
+        unimplemented("the registry runs in strict mode")
+    assert reply.get("type") == "ack", reply
+
+
+@pytest.mark.requirement("UNI-PUB-18")
+@pytest.mark.feature("typed_events")
+def test_server_in_strict_mode_refuses_an_unregistered_type(user: User, names: Names) -> None:
+    alice = user(names.tenant(), names.user())
+    channel = names.channel()
+    reply = alice.request(alice.publish_message(channel, "zz.unregistered", {}))
+    if reply.get("type") == "ack":
+        unimplemented("the registry runs in open mode")
+    assert reply.get("code") == "unknown_event_type", reply
+    assert alice.publish(channel)["offset"] == 1
+
+
+@pytest.mark.requirement("UNI-PUB-20")
+def test_server_without_typed_events_never_refuses_for_event_types(
+    user: User, names: Names, server_info: ServerInfo
+) -> None:
+    if "typed_events" in server_info.features:
+        unimplemented("the server announces typed_events; the rule binds servers without it")
+    alice = user(names.tenant(), names.user())
+    for event, data in (("task.updated", TASK_UPDATED_BAD), ("zz.unregistered", "x")):
+        reply = alice.request(alice.publish_message(names.channel(), event, data))
+        assert reply.get("type") == "ack", reply
+
+
+# -- idempotency -----------------------------------------------------------------------------
+
+
+@pytest.mark.requirement("UNI-PUB-21", "UNI-DEL-13")
+def test_server_acks_a_duplicate_with_the_original_position_and_delivers_it_once(
+    user: User, names: Names
+) -> None:
+    alice, bob, _, channel, _ = _trio(user, names)
+    mid = names.message_id()
+    first = alice.publish(channel, data={"v": 1}, message_id=mid)
+    alice.publish(channel)
+    again = alice.publish(channel, data={"v": 2}, message_id=mid)
+    assert again["duplicate"] is True, again
+    assert (again["epoch"], again["offset"]) == (first["epoch"], first["offset"]), again
+    assert again["message_id"] == mid and again["channel"] == channel
+    nxt = alice.publish(channel)
+    assert nxt["offset"] == first["offset"] + 2, f"the duplicate took an offset: {nxt}"
+    _delivered(bob, nxt["message_id"])
+    copies = [e for e in bob.events(channel) if e["message_id"] == mid]
+    assert len(copies) == 1 and copies[0]["data"] == {"v": 1}, copies
+
+
+@pytest.mark.requirement("UNI-PUB-22")
+def test_server_recognises_a_duplicate_from_another_connection(user: User, names: Names) -> None:
+    tenant, channel, mid = names.tenant(), names.channel(), names.message_id()
+    first = user(tenant, names.user(0)).publish(channel, message_id=mid)
+    retry = user(tenant, names.user(1)).publish(channel, message_id=mid)
+    assert retry["duplicate"] is True, retry
+    assert (retry["epoch"], retry["offset"]) == (first["epoch"], first["offset"])
+
+
+@pytest.mark.requirement("UNI-PUB-21", "UNI-DEL-6")
+def test_server_scopes_deduplication_by_channel_and_tenant(user: User, names: Names) -> None:
+    mid = names.message_id()
+    channel = names.channel()
+    one = user(names.tenant(0), names.user()).publish(channel, message_id=mid)
+    other_tenant = user(names.tenant(1), names.user()).publish(channel, message_id=mid)
+    other_channel = user(names.tenant(0), names.user()).publish(names.channel(), message_id=mid)
+    assert one["duplicate"] is False
+    assert other_tenant["duplicate"] is False and other_tenant["offset"] == 1
+    assert other_channel["duplicate"] is False and other_channel["offset"] == 1
+
+
+@pytest.mark.requirement("UNI-PUB-23", "UNI-PUB-27")
+def test_server_sequences_a_corrected_retry_of_a_refused_publish(
+    user: User, names: Names
+) -> None:
+    alice, bob, _, channel, _ = _trio(user, names)
+    mid = names.message_id()
+    bad = alice.publish_message(channel, "Bad Event", message_id=mid)
+    assert _refusal(alice, bad)["code"] == "invalid_message"
+    fixed = alice.publish(channel, message_id=mid)
+    assert fixed["duplicate"] is False and fixed["offset"] == 1, fixed
+    _delivered(bob, mid)
+
+
+@pytest.mark.requirement("UNI-PUB-24")
+def test_server_reports_the_first_failing_publish_check(user: User, names: Names) -> None:
+    tenant, channel = names.tenant(), names.channel()
+    alice = user(tenant, names.user(), publish=(f"{channel}.ok",))
+    # step 2 (schema) before step 3 (authorisation)
+    schema_and_grant = alice.publish_message(f"{channel}.denied", "Bad Event")
+    assert _refusal(alice, schema_and_grant)["code"] == "invalid_message"
+    # step 3 (authorisation) before step 4 (idempotency): a foreign duplicate stays forbidden
+    mid = names.message_id()
+    user(tenant, names.user(1)).publish(f"{channel}.denied", message_id=mid)
+    foreign = alice.publish_message(f"{channel}.denied", message_id=mid)
+    assert _refusal(alice, foreign)["code"] == "forbidden"
+
+
+@pytest.mark.requirement("UNI-PUB-24")
+@pytest.mark.feature("typed_events")
+def test_server_acks_a_duplicate_before_checking_event_data(user: User, names: Names) -> None:
+    alice = user(names.tenant(), names.user())
+    channel, mid = names.channel(), names.message_id()
+    first = alice.publish(channel, "task.updated", TASK_UPDATED_OK, message_id=mid)
+    retry = alice.request(alice.publish_message(channel, "task.updated", TASK_UPDATED_BAD,
+                                                message_id=mid))
+    assert retry.get("type") == "ack" and retry.get("duplicate") is True, retry
+    assert retry["offset"] == first["offset"]
+
+
+# -- ack semantics and rate ------------------------------------------------------------------
+
+
+@pytest.mark.requirement("UNI-PUB-26", "UNI-DEL-15")
+def test_server_acks_only_events_that_are_already_replayable(user: User, names: Names) -> None:
+    tenant, base = names.tenant(), names.channel()
+    channel = f"{base}.x"
+    alice = user(tenant, names.user(0))
+    for i in range(4):
+        ack = alice.publish(channel, data={"i": i})
+        bob = user(tenant, names.user(1))
+        before = {"epoch": ack["epoch"], "offset": ack["offset"] - 1}
+        bob.subscribe(f"{base}.*" if i % 2 else channel, from_={channel: before})
+        frame = _delivered(bob, ack["message_id"])
+        assert frame["offset"] == ack["offset"]
+        bob.close()
+
+
+@pytest.mark.requirement("UNI-PUB-30", "UNI-PUB-31", "UNI-PUB-27")
+def test_server_rate_limits_publishes_beyond_the_burst_and_keeps_the_connection(
+    user: User, names: Names, server_info: ServerInfo
+) -> None:
+    rate = server_info.limits.get("publish_rate", {})
+    burst, per_second = int(rate.get("burst", 100)), float(rate.get("per_second", 50))
+    if burst + per_second > 1000:
+        unimplemented(f"a burst of {burst} at {per_second}/s is too large to exhaust quickly")
+    alice = user(names.tenant(), names.user())
+    channel = names.channel()
+    extra = int(per_second) + 10  # more than the refill while the frames are being sent
+    messages = [alice.publish_message(channel, id=f"p{i}") for i in range(burst + extra)]
+    for message in messages:
+        alice.send(message)
+    replies = [alice.expect(None, where=lambda f, i=m["id"]: f.get("id") == i) for m in messages]
+    acked = [r for r in replies if r["type"] == "ack"]
+    limited = [r for r in replies if r.get("code") == "rate_limited"]
+    assert len(acked) >= burst, f"UNI-PUB-31: only {len(acked)} of a burst of {burst} acked"
+    assert limited, "UNI-PUB-30: no publish beyond the burst was rate limited"
+    assert all(isinstance(r.get("retry_after_ms"), int) and r["retry_after_ms"] >= 1
+               for r in limited), limited
+    assert len(acked) + len(limited) == len(messages), replies
+    assert sorted(a["offset"] for a in acked) == list(range(1, len(acked) + 1))
+    assert alice.request({"type": "ping", "id": "still-open"})["type"] == "pong"

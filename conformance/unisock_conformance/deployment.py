@@ -1,0 +1,323 @@
+"""The deployment under test: its URL, how to mint tokens for it, and how slow it may be.
+
+Checks never hard-code credentials or timings: they ask the :class:`Deployment` for tokens
+(a shared HS256 secret or a user-supplied command) and scale every wait by ``time_scale`` so
+the suite runs against slow deployments too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import secrets
+import shlex
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, NoReturn
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "NOT_RUN_PREFIX",
+    "PROFILES",
+    "UNIMPLEMENTED_PREFIX",
+    "Deployment",
+    "Names",
+    "ServerInfo",
+    "default_time_scale",
+    "hypothesis_profile",
+    "require_secret",
+    "unimplemented",
+]
+
+PROFILES: Final = ("quick", "full")
+# Base wait for one expected frame, before scaling (``Deployment.timeout``).
+DEFAULT_TIMEOUT_S: Final = 5.0
+# Skip reasons starting with these prefixes are graded "unimplemented" / "not-run".
+UNIMPLEMENTED_PREFIX: Final = "unimplemented:"
+NOT_RUN_PREFIX: Final = "not-run:"
+
+
+def default_time_scale() -> float:
+    """``UNISOCK_TIME_SCALE`` from the environment, else 1.0."""
+    text = os.environ.get("UNISOCK_TIME_SCALE", "").strip()
+    if not text:
+        return 1.0
+    value = float(text)
+    if value <= 0:
+        raise ValueError("UNISOCK_TIME_SCALE must be a positive number")
+    return value
+
+
+def hypothesis_profile(profile: str) -> str:
+    """The hypothesis settings profile name for a suite profile (``unisock-quick``, ...)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    return f"unisock-{profile}"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Where the server is and how to obtain tokens it accepts."""
+
+    url: str
+    secret: str | None = field(default=None, repr=False)
+    token_command: str | None = field(default=None, repr=False)
+    broadcaster_token: str | None = field(default=None, repr=False)
+    origin: str | None = None
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    time_scale: float = 1.0
+    seed: int = 0
+    profile: str = "quick"
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("ws://", "wss://")):
+            raise ValueError(f"the server URL must start with ws:// or wss://, got {self.url!r}")
+        if self.time_scale <= 0:
+            raise ValueError("time_scale must be positive")
+        if self.profile not in PROFILES:
+            raise ValueError(f"unknown profile {self.profile!r}")
+
+    def can_sign(self) -> bool:
+        """True only with a shared secret: crafted claims (forged, odd, expired) need one."""
+        return self.secret is not None
+
+    def can_mint(self) -> bool:
+        """True when user tokens can be obtained at all (secret or token command)."""
+        return self.secret is not None or self.token_command is not None
+
+    def timeout(self, seconds: float = DEFAULT_TIMEOUT_S) -> float:
+        """``seconds`` scaled for this deployment; every wait in the suite goes through here."""
+        return seconds * self.time_scale
+
+    def claims(
+        self,
+        tenant: str,
+        sub: str,
+        *,
+        subscribe: Sequence[str] = (),
+        publish: Sequence[str] = (),
+        broadcaster: bool = False,
+        ttl_s: int = 3600,
+        sid: str | None = None,
+    ) -> dict[str, Any]:
+        """The JWT claims (UNI-AUTH) a minted token carries; checks may alter them and ``sign``."""
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "sub": sub,
+            "tenant": tenant,
+            "iat": now,
+            "exp": now + ttl_s,
+            "grants": {"subscribe": list(subscribe), "publish": list(publish)},
+        }
+        if sid is not None:
+            claims["sid"] = sid
+        if broadcaster:
+            claims["role"] = "broadcaster"
+        return claims
+
+    def sign(
+        self,
+        claims: Mapping[str, Any],
+        *,
+        algorithm: str = "HS256",
+        key: str | bytes | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Sign arbitrary claims with the shared secret (or ``key``); needs ``can_sign``."""
+        import jwt  # PyJWT; imported here so the CLI parser does not load cryptography
+
+        signing_key = key if key is not None else self.secret
+        if signing_key is None:
+            raise RuntimeError("signing crafted tokens needs the deployment's shared secret")
+        return jwt.encode(
+            dict(claims), signing_key, algorithm=algorithm, headers=dict(headers or {})
+        )
+
+    def mint(
+        self,
+        tenant: str,
+        sub: str,
+        *,
+        subscribe: Sequence[str] = (),
+        publish: Sequence[str] = (),
+        broadcaster: bool = False,
+        ttl_s: int = 3600,
+        sid: str | None = None,
+    ) -> str:
+        """A token the server accepts, from the secret or from the token command."""
+        if self.secret is not None:
+            return self.sign(
+                self.claims(
+                    tenant,
+                    sub,
+                    subscribe=subscribe,
+                    publish=publish,
+                    broadcaster=broadcaster,
+                    ttl_s=ttl_s,
+                    sid=sid,
+                )
+            )
+        if self.token_command is not None:
+            return self._run_token_command(
+                tenant, sub, subscribe, publish, broadcaster=broadcaster, ttl_s=ttl_s, sid=sid
+            )
+        if broadcaster and self.broadcaster_token is not None:
+            return self.broadcaster_token
+        raise RuntimeError("no way to mint tokens: give a secret or a token command")
+
+    def _run_token_command(
+        self,
+        tenant: str,
+        sub: str,
+        subscribe: Sequence[str],
+        publish: Sequence[str],
+        *,
+        broadcaster: bool,
+        ttl_s: int,
+        sid: str | None,
+    ) -> str:
+        assert self.token_command is not None
+        argv = [*shlex.split(self.token_command), "--tenant", tenant, "--sub", sub]
+        for pattern in subscribe:
+            argv += ["--subscribe", pattern]
+        for pattern in publish:
+            argv += ["--publish", pattern]
+        if broadcaster:
+            argv.append("--broadcaster")
+        argv += ["--ttl", str(ttl_s)]
+        if sid is not None:
+            argv += ["--sid", sid]
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=self.timeout(30.0), check=False
+        )
+        if result.returncode != 0:
+            # The command's stderr may echo secrets; report only the exit status.
+            raise RuntimeError(f"token command exited with status {result.returncode}")
+        token = result.stdout.strip()
+        if not token:
+            raise RuntimeError("token command printed no token")
+        return token
+
+    def public(self) -> dict[str, Any]:
+        """What may appear in reports: never the secret, tokens or header values."""
+        return {
+            "url": self.url,
+            "token_source": "secret"
+            if self.secret is not None
+            else ("command" if self.token_command is not None else "none"),
+            "broadcaster_token": self.broadcaster_token is not None,
+            "origin": self.origin,
+            "header_names": [name for name, _ in self.headers],
+            "time_scale": self.time_scale,
+            "seed": self.seed,
+            "profile": self.profile,
+        }
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """The parameters a server announced in ``welcome`` (UNI-LC): checks adapt to them."""
+
+    raw: dict[str, Any]
+
+    @property
+    def limits(self) -> dict[str, Any]:
+        return dict(self.raw.get("limits", {}))
+
+    @property
+    def heartbeat(self) -> dict[str, Any]:
+        return dict(self.raw.get("heartbeat", {}))
+
+    @property
+    def backoff(self) -> dict[str, Any]:
+        return dict(self.raw.get("backoff", {}))
+
+    @property
+    def history(self) -> dict[str, Any]:
+        return dict(self.raw.get("history", {}))
+
+    @property
+    def dedup_window_ms(self) -> int:
+        return int(self.raw.get("dedup_window_ms", 0))
+
+    @property
+    def refresh_warning_ms(self) -> int:
+        return int(self.raw.get("refresh_warning_ms", 0))
+
+    @property
+    def features(self) -> frozenset[str]:
+        return frozenset(str(item) for item in self.raw.get("features", ()))
+
+    @property
+    def spec_version(self) -> str | None:
+        value = self.raw.get("spec_version")
+        return value if isinstance(value, str) else None
+
+
+# Idempotency keys must be fresh for every distinct event (UNI-PUB-34), also when a run is
+# repeated with the same seed against a long-lived deployment: they carry a per-run salt.
+_RUN_SALT: Final = secrets.token_hex(4)
+
+
+@dataclass
+class Names:
+    """Identifiers unique to one test, derived from the run seed and the test id.
+
+    Tests never share tenants, users or channels, so a long-lived deployment's state from
+    other tests (or other runs with other seeds) cannot leak into a result. Message ids also
+    differ between runs with the same seed.
+    """
+
+    seed: int
+    scope: str
+    salt: str = _RUN_SALT
+    _counter: itertools.count[int] = field(default_factory=itertools.count, repr=False)
+
+    @property
+    def hex(self) -> str:
+        digest = hashlib.blake2b(f"{self.seed}\x00{self.scope}".encode(), digest_size=5)
+        return digest.hexdigest()
+
+    def _next(self) -> str:
+        digest = hashlib.blake2b(
+            f"{self.seed}\x00{self.scope}\x00{next(self._counter)}".encode(), digest_size=5
+        )
+        return digest.hexdigest()
+
+    def tenant(self, i: int = 0) -> str:
+        """A tenant name (grammar ``[a-z0-9][a-z0-9_-]{0,63}``) unique to this test."""
+        return f"t{self.hex}-{i}"
+
+    def user(self, i: int = 0) -> str:
+        """A subject unique to this test."""
+        return f"u{self.hex}-{i}"
+
+    def channel(self, prefix: str = "c") -> str:
+        """A fresh, valid channel segment (a new one on every call)."""
+        return f"{prefix}{self._next()}"
+
+    def message_id(self) -> str:
+        """A fresh idempotency key (never repeated by a later run)."""
+        return f"m{self.hex}-{self.salt}-{self._next()}"
+
+    def request_id(self) -> str:
+        """A fresh request ``id``."""
+        return f"r{self._next()}"
+
+
+def require_secret(deployment: Deployment) -> None:
+    """Skip (graded ``not-run``) a check that must sign crafted claims."""
+    import pytest
+
+    if not deployment.can_sign():
+        pytest.skip(f"{NOT_RUN_PREFIX} needs the deployment's shared secret (--secret)")
+
+
+def unimplemented(reason: str) -> NoReturn:
+    """End a check as ``unimplemented``: optional (MAY or feature) behaviour is absent."""
+    import pytest
+
+    pytest.skip(f"{UNIMPLEMENTED_PREFIX} {reason}")

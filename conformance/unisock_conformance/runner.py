@@ -1,0 +1,149 @@
+"""``unisock conformance server URL ...``: run the server checks through pytest in-process.
+
+The command is a thin front for the pytest plugin: it turns its options into
+``--unisock-*`` options, isolates the run from the caller's pytest configuration, and shows
+the live progress display. The exit status is 0 only when no MUST that was run failed.
+Also runnable as ``python -m unisock_conformance.runner server URL ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from unisock_conformance.deployment import PROFILES
+
+__all__ = ["add_server_parser", "build_parser", "main", "pytest_args", "run_server_suite"]
+
+CHECKS_PACKAGE = "unisock_conformance.checks"
+
+
+def _scale(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive number")
+    return value
+
+
+def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``server`` command to an ``add_subparsers()`` object (of ``conformance``).
+
+    The parser sets ``conformance_handler`` to :func:`run_server_suite`.
+    """
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "server",
+        help="check a server deployment against the spec",
+        description="Run the Unisock server conformance suite against a ws:// or wss:// URL. "
+        "Exit status 0 only when every MUST requirement that was run passes.",
+    )
+    parser.add_argument("url", metavar="URL", help="ws:// or wss:// URL of the server")
+    tokens = parser.add_mutually_exclusive_group()
+    tokens.add_argument("--secret", help="the server's HS256 secret (default: $UNISOCK_SECRET)")
+    tokens.add_argument(
+        "--token-command",
+        metavar="CMD",
+        help="command printing a token: CMD --tenant T --sub U [--subscribe P]... "
+        "[--publish P]... [--broadcaster] [--ttl N] [--sid S]",
+    )
+    parser.add_argument("--broadcaster-token", metavar="T", help="a broadcaster-role token")
+    parser.add_argument("--origin", metavar="O", help="Origin header for test connections")
+    parser.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="K:V",
+        help="extra handshake header (repeatable)",
+    )
+    parser.add_argument("--profile", choices=PROFILES, default="quick")
+    parser.add_argument("--report-dir", metavar="DIR", help="write report.json/.html/.md here")
+    parser.add_argument("--junit", metavar="FILE", help="write JUnit XML here")
+    parser.add_argument("--seed", type=int, help="seed for hypothesis and generated names")
+    parser.add_argument(
+        "--time-scale",
+        type=_scale,
+        metavar="X",
+        help="multiply every timeout (default: $UNISOCK_TIME_SCALE or 1.0)",
+    )
+    parser.add_argument("-k", dest="keyword", metavar="EXPR", help="only checks matching EXPR")
+    parser.add_argument(
+        "--spec-link-base",
+        default="spec/",
+        metavar="BASE",
+        help="link prefix for spec sections in report.html ('{section}' is substituted)",
+    )
+    parser.set_defaults(conformance_handler=run_server_suite)
+    return parser
+
+
+def pytest_args(args: argparse.Namespace) -> list[str]:
+    """The pytest command line equivalent to ``args`` (secrets included: keep in-process)."""
+    argv = [
+        "--pyargs",
+        CHECKS_PACKAGE,
+        "-c",
+        os.devnull,  # the caller's pytest configuration must not change the suite
+        "--rootdir",
+        os.getcwd(),
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:terminal",
+        "--unisock-progress",
+        f"--unisock-url={args.url}",
+        f"--unisock-profile={args.profile}",
+        f"--unisock-spec-link-base={args.spec_link_base}",
+    ]
+    optional = {
+        "--unisock-secret": args.secret,
+        "--unisock-token-command": args.token_command,
+        "--unisock-broadcaster-token": args.broadcaster_token,
+        "--unisock-origin": args.origin,
+        "--unisock-report-dir": args.report_dir,
+        "--unisock-junit": args.junit,
+        "--unisock-seed": args.seed,
+        "--unisock-time-scale": args.time_scale,
+    }
+    argv += [f"{name}={value}" for name, value in optional.items() if value is not None]
+    argv += [f"--unisock-header={header}" for header in args.header]
+    if args.keyword:
+        argv += ["-k", args.keyword]
+    return argv
+
+
+def run_server_suite(args: argparse.Namespace) -> int:
+    """Run the suite; returns the exit status (0 = every MUST that ran passed)."""
+    if args.secret is None and args.token_command is None and not os.environ.get("UNISOCK_SECRET"):
+        print(
+            "unisock conformance server: give --secret, $UNISOCK_SECRET or --token-command",
+            file=sys.stderr,
+        )
+        return 2
+    import pytest  # imported here so that building the `unisock` parser stays cheap
+
+    return int(pytest.main(pytest_args(args)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m unisock_conformance.runner server URL ...``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m unisock_conformance.runner",
+        description="Unisock conformance suite.",
+    )
+    targets = parser.add_subparsers(dest="target", required=True, metavar="TARGET")
+    add_server_parser(targets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.conformance_handler(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""The client conformance suite passes the reference client and fails broken ones.
+
+The reference client runs behind its adapter (``python -m unisock.adapter``); each broken
+variant in ``tests/broken_clients/variants.py`` patches one rule out of it. A variant is
+run with the checks that concern its rule (the smoke tier always runs too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from unisock import schemas
+from unisock_conformance.client_suite.framework import CHECKS
+from unisock_conformance.client_suite.reporting import build_client_report, write_client_reports
+from unisock_conformance.client_suite.runner import (
+    DERIVED,
+    EXIT_ADAPTER_BROKEN,
+    ClientRun,
+    add_client_parser,
+    run_suite,
+    select_checks,
+)
+from unisock_conformance.paths import SPEC_DIR
+from unisock_conformance.report import SCHEMA_PATH
+from unisock_conformance.spectext import load_registry
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = [sys.executable, "-m", "unisock.adapter"]
+VARIANTS = ROOT / "tests" / "broken_clients" / "variants.py"
+ADAPTER_EXAMPLES = ROOT / "schemas" / "v1" / "adapter" / "examples"
+
+
+def variant(name: str) -> list[str]:
+    return [sys.executable, str(VARIANTS), name]
+
+
+def run(command: list[str], keywords: tuple[str, ...] = (), **options: Any) -> ClientRun:
+    return asyncio.run(run_suite(command, keywords=keywords, **options))
+
+
+def outcome(result: ClientRun, ident: str) -> str:
+    assert result.grades is not None
+    return result.grades.requirements[ident].outcome
+
+
+def failed_checks(result: ClientRun) -> list[str]:
+    return sorted(node for node, r in result.results.items() if r.status == "failed")
+
+
+@pytest.mark.slow
+def test_reference_client_passes_the_whole_client_suite_in_under_two_minutes(
+    tmp_path: Path,
+) -> None:
+    started = time.monotonic()
+    result = run(REFERENCE)
+    elapsed = time.monotonic() - started
+    problems = {node: r.message for node, r in result.results.items() if r.status != "passed"}
+    assert problems == {}
+    assert result.exit_status == 0
+    assert elapsed < 120
+    paths = write_client_reports(tmp_path, result, "all")
+    report = json.loads(paths["json"].read_text("utf-8"))
+    schema = json.loads(SCHEMA_PATH.read_text("utf-8"))
+    assert [e.message for e in Draft202012Validator(schema).iter_errors(report)] == []
+    assert report["summary"]["verdict"] == "conforming"
+    assert report["role"] == "client"
+    assert report["target"]["adapter"]["client"]["name"] == "unisock-python"
+    graded = {entry["id"]: entry["outcome"] for entry in report["requirements"]}
+    adp = [ident for ident in graded if ident.startswith("UNI-ADP-")]
+    assert len(adp) == 13
+    assert {graded[ident] for ident in adp} == {"pass"}
+    assert graded["UNI-CLOSE-13"] == "pass"
+    assert graded["UNI-HB-1"] == "not-applicable"  # a server requirement
+
+
+# (variant, checks to run, requirement that must fail, grade of that requirement)
+BROKEN = [
+    ("no_jitter", "backoff_delays", "UNI-CLOSE-13", "fail"),
+    ("no_backoff_cap", "backoff_delays", "UNI-CLOSE-13", "fail"),
+    ("reconnect_on_fatal", "never_class", "UNI-CLOSE-2", "fail"),
+    ("supersede_loop", "superseded", "UNI-CLOSE-24", "fail"),
+    ("wrong_resume_offset", "resume_presents", "UNI-DEL-20", "fail"),
+    ("no_refresh", "refreshes_before_expiry", "UNI-AUTH-24", "non-strict"),
+    ("no_heartbeat_timeout", "silent_server", "UNI-HB-9", "fail"),
+    ("no_dedup", "duplicate_and_stale", "UNI-DEL-30", "fail"),
+    ("no_floor", "now_class", "UNI-CLOSE-16", "fail"),
+    ("fixed_seed", "jitter_differs", "UNI-CLOSE-14", "fail"),
+    ("new_message_id_on_retry", "lost_ack", "UNI-PUB-33", "fail"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "keyword", "ident", "grade"), BROKEN, ids=[b[0] for b in BROKEN])
+def test_client_suite_fails_a_broken_client(
+    name: str, keyword: str, ident: str, grade: str
+) -> None:
+    result = run(variant(name), (keyword,), strict=True)
+    assert outcome(result, ident) == grade, failed_checks(result)
+    assert result.exit_status == 1
+    smoke = [node for node, r in result.results.items() if "/smoke.py::" in node]
+    assert smoke and all(result.results[node].status == "passed" for node in smoke)
+    assert result.adapter_broken is None
+
+
+def test_non_strict_grades_do_not_fail_the_run_unless_strict() -> None:
+    lenient = run(variant("no_refresh"), ("refreshes_before_expiry",))
+    assert outcome(lenient, "UNI-AUTH-24") == "non-strict"
+    assert lenient.exit_status == 0
+    assert lenient.grades is not None
+
+
+def test_broken_adapter_is_reported_as_adapter_broken_not_as_client_failures() -> None:
+    result = run(variant("garbage_adapter"))
+    assert result.exit_status == EXIT_ADAPTER_BROKEN
+    assert result.adapter_broken is not None and "not JSON" in result.adapter_broken
+    client_checks = [
+        r for node, r in result.results.items() if "/smoke.py::" not in node and "::" in node
+    ]
+    assert client_checks
+    assert all(r.status != "failed" for r in client_checks if "adapter.py::" not in r.nodeid)
+    assert outcome(result, "UNI-ADP-1") == "fail"
+    assert outcome(result, "UNI-CLOSE-13") == "not-run"
+    report = build_client_report(result, "client")
+    assert report["summary"]["adapter_broken"]
+
+
+def test_validate_mode_checks_and_shows_every_adapter_line() -> None:
+    out = io.StringIO()
+    result = run(REFERENCE, ("no_such_check",), validate=True, verbose=True, stream=out)
+    text = out.getvalue()
+    assert result.exit_status == 0
+    assert '  adapter > {"seq":1,"cmd":"hello"' in text
+    assert '  adapter < {"seq":1,"outcome":"result"' in text
+    assert {node.split("::")[0] for node in result.results} >= {"client_suite/smoke.py"}
+
+
+def test_every_check_carries_registered_requirement_ids() -> None:
+    registry = {entry["id"]: entry for entry in load_registry(SPEC_DIR)["requirements"]}
+    carried = {ident for spec in CHECKS for ident in spec.requirements}
+    carried |= {ident for _, ids in DERIVED for ident in ids}
+    assert sorted(carried - set(registry)) == []
+    assert {registry[ident]["role"] for ident in carried} <= {"client", "broadcaster"}
+    names = [spec.name for spec in CHECKS]
+    assert len(names) == len(set(names))
+
+
+def test_every_adapter_requirement_has_a_check() -> None:
+    from unisock_conformance.client_suite import framework, runner
+
+    registry = load_registry(SPEC_DIR)["requirements"]
+    adp = {entry["id"] for entry in registry if entry["id"].startswith("UNI-ADP-")}
+    parts = {
+        "UNI-ADP-6",
+        "UNI-ADP-8",
+        "UNI-ADP-9",
+        "UNI-ADP-10",
+        "UNI-TR-21",
+        "UNI-ERR-12",
+    }
+    carried = {ident for spec in framework.CHECKS for ident in spec.requirements}
+    carried |= set(runner.ADAPTER_LINES_IDS) | set(runner.ADAPTER_EXIT_IDS) | parts
+    assert sorted(adp - carried) == []
+
+
+def test_broadcaster_role_selects_no_client_only_checks() -> None:
+    tiers = {spec.tier for spec in select_checks("broadcaster")}
+    assert tiers == {"smoke", "broadcaster"}
+    assert {spec.tier for spec in select_checks("client", ["backoff"])} == {"smoke", "client"}
+
+
+@pytest.mark.parametrize("kind", ["request", "reply", "notification"])
+def test_adapter_schema_examples_validate_as_documented(kind: str) -> None:
+    examples = json.loads((ADAPTER_EXAMPLES / f"{kind}.json").read_text("utf-8"))
+    validator = schemas.validator_for(f"adapter/{kind}")
+    assert [m for m in examples["valid"] if schemas.format_errors(validator, m)] == []
+    for case in examples["invalid"]:
+        assert case["description"].endswith(" is rejected")
+        assert schemas.format_errors(validator, case["message"]) != []
+    if kind != "request":
+        output = schemas.validator_for("adapter/output")
+        assert [m for m in examples["valid"] if schemas.format_errors(output, m)] == []
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unisock conformance")
+    add_client_parser(parser.add_subparsers(dest="target"))
+    return parser
+
+
+def test_cli_lists_the_checks_with_their_requirements(capsys: pytest.CaptureFixture[str]) -> None:
+    args = _parser().parse_args(["client", "--list"])
+    assert args.conformance_handler(args) == 0
+    listed = capsys.readouterr().out
+    assert "backoff_delays_have_full_jitter_growth_and_cap" in listed
+    assert "UNI-CLOSE-13" in listed
+
+
+def test_cli_without_an_adapter_command_is_a_usage_error() -> None:
+    args = _parser().parse_args(["client", "--"])
+    assert args.conformance_handler(args) == 2
+
+
+def test_cli_runs_the_smoke_tier_and_writes_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    junit = tmp_path / "junit.xml"
+    argv = [
+        "client",
+        "--report-dir",
+        str(tmp_path),
+        "--junit",
+        str(junit),
+        "-k",
+        "nothing",
+        "--",
+        *REFERENCE,
+    ]
+    args = _parser().parse_args(argv)
+    assert args.conformance_handler(args) == 0
+    report = json.loads((tmp_path / "report.json").read_text("utf-8"))
+    assert report["summary"]["exit_status"] == 0
+    assert 'name="unisock-conformance.all"' in junit.read_text("utf-8")
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "report.md").is_file()
+    assert "Verdict: conforming" in capsys.readouterr().out
