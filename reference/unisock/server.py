@@ -50,6 +50,7 @@ from unisock.session import (
     StartPublish,
     StartSubscribe,
     StopSubscribe,
+    fanout_view,
 )
 from unisock.settings import Settings
 from unisock.wsframe import text_frame
@@ -422,17 +423,28 @@ class UnisockServer:
         if not candidates:
             return
         now = self.clock()
+        view = fanout_view(event)  # predicate work that depends only on the event: once
         frame: bytes | None = None
         delivered = 0
         # A copy: writing can cut a slow consumer, which removes it from the index (UNI-LIM-8).
         for conn in tuple(candidates):
-            if conn.closing or not conn.core.accepts(event, now):
+            if conn.closing or not conn.core.accepts(event, now, view):
                 continue
             if frame is None:
                 frame = text_frame(event.frame.encode())  # once per event, for every recipient
-            self._write_event(conn, frame, event)
+            ws = conn.ws
+            transport = ws.transport
+            if (
+                conn.queue
+                or ws.protocol.state is not WsState.OPEN
+                or transport.get_write_buffer_size() >= HIGH_WATER
+            ):
+                self._enqueue(conn, _Queued(frame, event))
+            else:
+                transport.write(frame)
             delivered += 1
         if delivered:
+            self.metrics.messages_out.inc(delivered)  # one increment per event, not per frame
             self.metrics.deliveries.inc(delivered)
             self.metrics.latency.observe(max(0, self.clock() - event.ts) / 1000)
 

@@ -87,6 +87,7 @@ __all__ = [
     "Authenticated",
     "Close",
     "Deliver",
+    "FanoutView",
     "InternalFailure",
     "RefuseUnlessDuplicate",
     "Revoked",
@@ -96,6 +97,7 @@ __all__ = [
     "StartSubscribe",
     "StopSubscribe",
     "event_view",
+    "fanout_view",
 ]
 
 
@@ -252,6 +254,36 @@ def event_view(event: StoredEvent) -> PreparedEvent:
     return prepared
 
 
+_Scope = tuple[str | None, str | None, str]
+"""A ChannelKey as a plain tuple (tenant, owner, name): hashed and compared in C."""
+
+
+def _scope(key: ChannelKey) -> _Scope:
+    return (key.tenant, key.owner, key.name)
+
+
+@dataclass(frozen=True, slots=True)
+class FanoutView:
+    """What the per-recipient check needs from one event, computed once per fan-out."""
+
+    prepared: PreparedEvent
+    scope: _Scope
+    position: tuple[str, int]
+    untargeted: bool
+    """No ``to``, ``exclude`` or ``exclude_self``: clauses 5-7 hold for every recipient."""
+
+
+def fanout_view(event: StoredEvent) -> FanoutView:
+    """Build once per event; pass to :meth:`SessionCore.accepts` for every candidate."""
+    record = event.record
+    return FanoutView(
+        event_view(event),
+        _scope(record.key),
+        (event.epoch, event.offset),
+        record.to is None and record.exclude is None and not record.exclude_self,
+    )
+
+
 # --- subscriptions ----------------------------------------------------------------------------
 
 
@@ -304,8 +336,10 @@ class SessionCore:
         self._warned = False
         self._bucket = TokenBucket(config.publish_rate_per_second, config.publish_rate_burst)
         self._subs: dict[str, _Subscription] = {}
-        self._last: dict[ChannelKey, tuple[str, int]] = {}
+        self._last: dict[_Scope, tuple[str, int]] = {}
         self._active_view: ConnectionView | None = None
+        self._plain: frozenset[_Scope] = frozenset()
+        self._deliver_until = 0
         self._pending_view: ConnectionView | None = None
         features = frozenset(config.features)
         # Optional features act only when announced (UNI-CH-16, UNI-PUB-20, UNI-DEL-25).
@@ -370,7 +404,17 @@ class SessionCore:
         """Rebuild the cached predicate views after any change to state or subscriptions."""
         if self.state not in _DELIVERING or self.identity is None:
             self._active_view = self._pending_view = None
+            self._plain = frozenset()
+            self._deliver_until = 0
             return
+        # Active exact subscriptions without a filter: for an untargeted event on one of
+        # these keys, clauses 2-7 of the predicate hold by construction (UNI-DEL).
+        self._plain = frozenset(
+            _scope(sub.head)
+            for sub in self._subs.values()
+            if sub.active and sub.head is not None and sub.filter is None
+        )
+        self._deliver_until = self.identity.expires_at_ms
         base = self.view()
         self._active_view = base if base.subscriptions else None
         pending = tuple(
@@ -621,7 +665,7 @@ class SessionCore:
         self._refresh_views()
         remaining = [sub.pattern for sub in self._subs.values()]
         for key in list(self._last):
-            channel = parse_channel(key.name)
+            channel = parse_channel(key[2])
             if not any(matches(pattern, channel) for pattern in remaining):
                 del self._last[key]
         actions.append(StopSubscribe(text))
@@ -832,19 +876,33 @@ class SessionCore:
 
     # -- delivery ------------------------------------------------------------------------------
 
-    def accepts(self, event: StoredEvent, now_ms: int) -> bool:
+    def accepts(self, event: StoredEvent, now_ms: int, view: FanoutView | None = None) -> bool:
         """Whether ``event`` goes to this connection now (UNI-DEL predicate), O(subscriptions).
 
         ``True`` commits the adapter to queue ``event.frame``. Events for subscriptions still
-        being set up are held and delivered by :meth:`subscription_active`.
+        being set up are held and delivered by :meth:`subscription_active`. ``view`` is
+        :func:`fanout_view` of ``event``, built once per fan-out by the caller.
         """
+        if view is None:
+            view = fanout_view(event)
+        # Clause 1 (open/draining, not expired) plus an active exact filter-less subscription
+        # on this very key: nothing else to decide for an untargeted event (UNI-DEL).
+        scope = view.scope
+        if view.untargeted and now_ms < self._deliver_until and scope in self._plain:
+            # _fresh_at, inlined: this is the per-recipient hot path of every fan-out.
+            position = view.position
+            last = self._last.get(scope)
+            if last is not None and last[0] == position[0] and position[1] <= last[1]:
+                return False
+            self._last[scope] = position
+            return True
         active = self._active_view
         pending = self._pending_view
         if active is None and pending is None:
             return False
-        prepared = event_view(event)
+        prepared = view.prepared
         if active is not None and prepared.delivers_to(active, now_ms):
-            return self._fresh(event)
+            return self._fresh_at(scope, view.position)
         if pending is not None and prepared.delivers_to(pending, now_ms):
             self._hold(event, now_ms)
         return False
@@ -872,17 +930,20 @@ class SessionCore:
 
     def _fresh(self, event: StoredEvent) -> bool:
         """UNI-DEL order: per channel, strictly increasing offsets within an epoch."""
-        key = event.record.key
-        last = self._last.get(key)
-        if last is not None and last[0] == event.epoch and event.offset <= last[1]:
+        return self._fresh_at(_scope(event.record.key), (event.epoch, event.offset))
+
+    def _fresh_at(self, scope: _Scope, position: tuple[str, int]) -> bool:
+        last = self._last.get(scope)
+        if last is not None and last[0] == position[0] and position[1] <= last[1]:
             return False
-        self._last[key] = (event.epoch, event.offset)
+        self._last[scope] = position
         return True
 
     def _advance(self, key: ChannelKey, head: Position, *, force: bool = False) -> None:
-        last = self._last.get(key)
+        scope = _scope(key)
+        last = self._last.get(scope)
         if force or last is None or last[0] != head.epoch or last[1] < head.offset:
-            self._last[key] = (head.epoch, head.offset)
+            self._last[scope] = (head.epoch, head.offset)
 
 
 # --- helpers ----------------------------------------------------------------------------------

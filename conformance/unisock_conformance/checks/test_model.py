@@ -485,7 +485,6 @@ class DeliveryMachine(RuleBasedStateMachine):
         """A broadcaster of any tenant publishes to ``$sys`` (UNI-CH-13)."""
         self._publish(self._broadcaster(self.tenants[tenant]), f"{self.sys_prefix}.{leaf}")
 
-    @precondition(lambda self: False)
     @rule(key=conns, which=st.integers(0, 2))
     def refresh(self, key: str, which: int) -> None:
         """Narrow the subscribe grants in-band; subscriptions outside them are revoked."""
@@ -544,7 +543,6 @@ class DeliveryMachine(RuleBasedStateMachine):
                 if matches(old_sub.pattern, ch)
             }
             wildcard = positions.keys() != {old_sub.pattern}
-            if not wildcard: positions = {}
             since = prev.state.last_ts if wildcard else None
             reply = self._subscribe(
                 live, old_sub.pattern, old_sub.filter, from_=positions or None, since=since

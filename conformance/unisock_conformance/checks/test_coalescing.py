@@ -1,0 +1,178 @@
+"""Section 7.8: coalescing, and the no-silent-loss guarantee for a stalled reader.
+
+A reader is stalled for real: its socket has a tiny receive buffer and the client stops
+reading after ``subscribed``, so the server's writes back up and events queue for it. The
+publisher then sends large events; when the reader resumes, every acknowledged offset must
+be accounted for, delivered or listed in a ``coalesced`` list, and the lists must obey
+UNI-DEL-25 to UNI-DEL-27.
+
+A deployment does not announce which channels coalesce; the spec's example configuration
+coalesces ``tasks.>`` (the channel family of the ``task.updated`` event type), so the checks
+publish there. When nothing coalesces on such a channel the positive checks are graded
+``unimplemented``; the rules about frames that do carry ``coalesced`` are checked whenever
+one appears.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from websockets.sync.client import ClientConnection, connect
+
+from unisock_conformance.checks.conftest import User
+from unisock_conformance.deployment import Deployment, Names, ServerInfo, unimplemented
+from unisock_conformance.oracle import json_equal
+
+Frame = dict[str, Any]
+PAYLOAD_BYTES = 60_000
+
+
+@contextmanager
+def _stalled_reader(deployment: Deployment, token: str, channel: str) -> Iterator[ClientConnection]:
+    """A subscribed connection that reads nothing until the caller starts ``recv``."""
+    parts = urlsplit(deployment.url)
+    if parts.scheme != "ws":
+        unimplemented("stalling a reader needs a plain ws:// URL")
+    sock = socket.socket(socket.AF_INET6 if ":" in (parts.hostname or "") else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(deployment.timeout())
+    sock.connect((parts.hostname or "127.0.0.1", parts.port or 80))
+    ws = connect(
+        deployment.url,
+        sock=sock,
+        subprotocols=["unisock.v1"],  # type: ignore[list-item]
+        origin=deployment.origin,  # type: ignore[arg-type]
+        additional_headers=list(deployment.headers) or None,
+        compression=None,
+        max_size=None,
+        max_queue=1,
+        ping_interval=None,
+    )
+    try:
+        ws.send(json.dumps({"type": "hello", "token": token}))
+        assert json.loads(ws.recv(timeout=deployment.timeout()))["type"] == "welcome"
+        ws.send(json.dumps({"type": "subscribe", "id": "s1", "channel": channel}))
+        while json.loads(ws.recv(timeout=deployment.timeout())).get("id") != "s1":
+            pass
+        yield ws
+    finally:
+        ws.close()
+
+
+def _drain(ws: ClientConnection, channel: str, last_offset: int, timeout: float) -> list[Frame]:
+    """Read until the event at ``last_offset`` (or one listing it) arrives."""
+    frames: list[Frame] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, f"UNI-DEL-23: offset {last_offset} never accounted for: {_brief(frames)}"
+        frame = json.loads(ws.recv(timeout=left))
+        if frame.get("type") == "ping":
+            ws.send(json.dumps({"type": "pong", **({"nonce": frame["nonce"]} if "nonce" in frame else {})}))
+            continue
+        if frame.get("type") != "event" or frame.get("channel") != channel:
+            continue
+        frames.append(frame)
+        if frame["offset"] >= last_offset:
+            return frames
+
+
+def _brief(frames: list[Frame]) -> str:
+    return str([(f["offset"], f.get("coalesced")) for f in frames][-10:])
+
+
+def _account(frames: list[Frame], acks: list[Frame], keys: dict[int, str | None]) -> int:
+    """Check UNI-DEL-23/25/26/27 over a drained channel; return how many offsets coalesced."""
+    delivered = [f["offset"] for f in frames]
+    assert delivered == sorted(set(delivered)), f"UNI-DEL-14: order {delivered}"
+    listed: list[int] = []
+    for frame in frames:
+        if "coalesced" not in frame:
+            continue
+        replaced = frame["coalesced"]
+        assert replaced, f"UNI-DEL-27: empty coalesced list on offset {frame['offset']}"
+        assert replaced == sorted(set(replaced)), f"UNI-DEL-26: not ascending: {replaced}"
+        assert all(o < frame["offset"] for o in replaced), f"UNI-DEL-26: {frame}"
+        own = keys.get(frame["offset"])
+        assert own is not None, f"UNI-DEL-25: a keyless event coalesced others: {frame}"
+        wrong = [o for o in replaced if keys.get(o) != own]
+        assert wrong == [], f"UNI-DEL-25: offsets {wrong} had another key than {own!r}"
+        listed += replaced
+    both = sorted(set(listed) & set(delivered))
+    assert both == [], f"UNI-DEL-26: offsets both delivered and coalesced: {both}"
+    assert len(listed) == len(set(listed)), f"UNI-DEL-26: listed twice: {listed}"
+    accounted = sorted(delivered + listed)
+    first = acks[0]["offset"]
+    want = [a["offset"] for a in acks]
+    assert [o for o in accounted if o >= first] == want, (
+        f"UNI-DEL-23: offsets lost without coalesced or gap: "
+        f"{sorted(set(want) - set(accounted))}"
+    )
+    return len(listed)
+
+
+def _run_stall(
+    deployment: Deployment, user: User, names: Names, server_info: ServerInfo,
+    keys_for: list[str | None],
+) -> tuple[list[Frame], list[Frame], dict[int, str | None], list[Frame]]:
+    tenant, channel = names.tenant(), f"tasks.{names.channel()}"
+    burst = int(server_info.limits.get("publish_rate", {}).get("burst", 100))
+    max_queue = int(server_info.limits.get("max_queue", 1024))
+    count = min(len(keys_for), burst - 2, max_queue - 2)
+    max_bytes = int(server_info.limits.get("max_message_bytes", 65536))
+    pad = "x" * max(100, min(PAYLOAD_BYTES, max_bytes - 2000))
+    publisher = user(tenant, names.user(0))
+    fast = user(tenant, names.user(2))
+    fast.subscribe(channel)
+    token = deployment.mint(tenant, names.user(1), subscribe=(">",))
+    with _stalled_reader(deployment, token, channel) as ws:
+        acks, keys = [], {}
+        for i, key in enumerate(keys_for[:count]):
+            ack = publisher.publish(channel, "test.coalesce", {"i": i, "pad": pad}, key=key)
+            acks.append(ack)
+            keys[ack["offset"]] = key
+        frames = _drain(ws, channel, acks[-1]["offset"], deployment.timeout(30.0))
+    live = fast.wait_events(lambda e: e["channel"] == channel, len(acks))
+    return frames, acks, keys, live
+
+
+@pytest.mark.requirement("UNI-DEL-23", "UNI-DEL-24", "UNI-DEL-25", "UNI-DEL-27")
+def test_server_loses_no_keyless_event_for_a_stalled_reader(
+    deployment: Deployment, user: User, names: Names, server_info: ServerInfo
+) -> None:
+    frames, acks, keys, _ = _run_stall(deployment, user, names, server_info, [None] * 60)
+    assert _account(frames, acks, keys) == 0, "keyless events were coalesced"
+    assert all("coalesced" not in f for f in frames)
+
+
+@pytest.mark.requirement("UNI-DEL-25", "UNI-DEL-26", "UNI-DEL-27", "UNI-DEL-23")
+@pytest.mark.feature("coalescing")
+def test_server_coalesces_queued_events_with_the_same_key(
+    deployment: Deployment, user: User, names: Names, server_info: ServerInfo
+) -> None:
+    pattern: list[str | None] = ["k-a", "k-b", None, "k-a", "k-a", "k-b"]
+    keys_for = pattern * 16
+    frames, acks, keys, live = _run_stall(deployment, user, names, server_info, keys_for)
+    coalesced = _account(frames, acks, keys)
+    by_offset = {e["offset"]: e for e in live}
+    for frame in frames:
+        plain = {k: v for k, v in frame.items() if k != "coalesced"}
+        original = by_offset[frame["offset"]]
+        assert json_equal(plain, original), "UNI-DEL-26: coalesced frame differs otherwise"
+    assert all("coalesced" not in e for e in live), "UNI-DEL-25: a reader that kept up coalesced"
+    if coalesced == 0:
+        unimplemented("no tasks.* channel coalesced for a stalled reader on this deployment")
+    last_by_key: dict[str, int] = {}
+    for frame in frames:
+        key = keys[frame["offset"]]
+        if key is not None:
+            last_by_key[key] = frame["offset"]
+    final = {key: max(o for o, k in keys.items() if k == key) for key in ("k-a", "k-b")}
+    assert last_by_key == final, "the latest event of each key must be delivered"
