@@ -513,19 +513,22 @@ def test_event_frame_is_identical_to_the_encoded_event_message() -> None:
     assert "café" in frame
 
 
-def test_event_frame_uses_the_wire_form_of_private_channels_and_omits_empty_attrs() -> None:
-    record = _record(key=ChannelKey("acme", "bob", "$me.inbox"), attrs={})
+def test_event_frame_uses_the_wire_form_of_private_channels() -> None:
+    record = _record(key=ChannelKey("acme", "bob", "$me.inbox"), attrs=None)
     frame = json.loads(encode_event_frame(record, "e", 1, 2))
     assert frame["channel"] == "$me.inbox"
     assert "attrs" not in frame
     assert "bob" not in json.dumps(frame)
 
 
-def test_event_message_omits_empty_attrs() -> None:
+def test_event_frame_copies_attrs_the_publish_carried_even_when_empty() -> None:
+    """UNI-PUB-14: ``attrs`` are copied when the publish had them, ``{}`` included."""
+    frame = json.loads(encode_event_frame(_record(attrs={}), "e", 1, 2))
+    assert frame["attrs"] == {}
     event = Event(
         channel="a", epoch="e", offset=1, event="x", data=1, message_id="m", ts=1, attrs={}
     )
-    assert "attrs" not in encode(event)
+    assert json.loads(encode(event))["attrs"] == {}
 
 
 def test_add_coalesced_appends_the_replaced_offsets() -> None:

@@ -84,7 +84,8 @@ class PublishRecord:
     event_type: str
     data: Any  # JSON value
     message_id: str
-    attrs: Mapping[str, AttrValue]
+    attrs: Mapping[str, AttrValue] | None
+    """``None`` when the publish carried no ``attrs``; ``{}`` is copied as ``{}`` (UNI-PUB-14)."""
     to: frozenset[str] | None
     exclude: frozenset[str] | None
     exclude_self: bool

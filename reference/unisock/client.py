@@ -44,7 +44,7 @@ from unisock import errors
 from unisock._version import PROTOCOL_TOKEN, __version__
 from unisock.backoff import DEFAULTS, BackoffParams, backoff_delay, drain_delay
 from unisock.broker import Position
-from unisock.channels import matches, parse_channel, parse_pattern
+from unisock.channels import Namespace, matches, parse_channel, parse_pattern
 from unisock.closecodes import ReconnectClass, close_class, close_name, parse_close_reason
 from unisock.filters import MAX_NODES, compile_filter
 from unisock.schemas import SERVER_MESSAGE_TYPES, format_errors, validator_for
@@ -636,9 +636,18 @@ class Client:
         A publish whose ack was lost with the connection is re-sent on the next connection
         with the same ``message_id`` (UNI-PUB-38), so the server deduplicates it. A
         ``rate_limited`` refusal raises :class:`unisock.errors.RateLimited` and is not retried.
+        ``to``, ``exclude`` or ``user`` on a ``$sys`` channel raise ``ValueError`` before
+        anything is sent (UNI-CH-15).
         """
         self._check_running()
-        parse_channel(channel)
+        if parse_channel(channel).namespace is Namespace.SYS:
+            targeting = [
+                name
+                for name, value in (("to", to), ("exclude", exclude), ("user", user))
+                if value is not None
+            ]
+            if targeting:
+                raise ValueError(f"a $sys publish cannot carry {', '.join(targeting)} (UNI-CH-15)")
         mid = message_id if message_id is not None else _uuid()
         until = self._rate_limited.get(mid)
         now = self._clock()

@@ -463,8 +463,7 @@ class Event:
             "message_id": self.message_id,
             "ts": self.ts,
         }
-        if self.attrs:
-            out["attrs"] = dict(self.attrs)
+        _put(out, "attrs", None if self.attrs is None else dict(self.attrs))
         _put(out, "publisher", self.publisher)
         _put(out, "coalesced", None if self.coalesced is None else list(self.coalesced))
         return out
@@ -618,7 +617,7 @@ def encode_event_frame(record: PublishRecord, epoch: str, offset: int, ts: int) 
         "message_id": record.message_id,
         "ts": ts,
     }
-    if record.attrs:
+    if record.attrs is not None:  # UNI-PUB-14: copied when the publish carried it, even {}
         frame["attrs"] = dict(record.attrs)
     frame["publisher"] = record.publisher_sub
     return _dumps(frame)
