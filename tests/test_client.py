@@ -1122,6 +1122,22 @@ async def test_client_refuses_publish_over_announced_limits() -> None:
 
 
 @asynctest
+async def test_client_refuses_sys_publish_with_to_exclude_or_user_before_sending() -> None:
+    async with FakeServer() as server:
+        client = make_client(server)
+        conn, _ = await started(client, server)
+        for targeting in ({"to": ["u"]}, {"exclude": ["u"]}, {"user": "u"}):
+            with pytest.raises(ValueError, match="UNI-CH-15"):
+                await client.publish("$sys.maintenance", "maintenance.planned", {}, **targeting)
+        await conn.fence()
+        task = asyncio.create_task(client.publish("$sys.maintenance", "maintenance.planned", {}))
+        sent = await conn.recv()
+        assert sent["channel"] == "$sys.maintenance" and not {"to", "exclude", "user"} & set(sent)
+        task.cancel()
+        await client.close()
+
+
+@asynctest
 async def test_client_sends_one_publish_for_concurrent_calls_with_same_message_id() -> None:
     async with FakeServer() as server:
         client = make_client(server)

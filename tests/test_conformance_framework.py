@@ -10,6 +10,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -22,6 +23,8 @@ import pytest
 from jsonschema import Draft202012Validator
 from websockets.sync.server import Server, ServerConnection, serve
 
+from unisock.memory_broker import MemoryBroker
+from unisock.messages import encode_event_frame
 from unisock.server import UnisockServer
 from unisock.settings import load_settings
 from unisock_conformance.deployment import (
@@ -54,6 +57,9 @@ SECRET = "conformance-framework-test-secret-0123456789"
 SCALE = default_time_scale()
 RUN_TIMEOUT_S = 120 * SCALE
 QUICK_SUITE_TIMEOUT_S = 900 * SCALE
+REFERENCE_CONFIG = Path(__file__).resolve().parent.parent / "conformance" / "reference-server.toml"
+# The full profile against these timers takes about two minutes (the quick one 30 s).
+REFERENCE_PROFILE = "full"
 REGISTRY = load_registry(SPEC_DIR)
 ENTRIES = {entry["id"]: entry for entry in REGISTRY["requirements"]}
 
@@ -148,6 +154,8 @@ def _assert_complete_and_secret_free(report_dir: Path, report: dict[str, Any]) -
     for entry in report["requirements"]:
         if entry["role"] == "client":
             assert entry["outcome"] == "not-applicable", entry
+        elif ENTRIES[entry["id"]].get("verification") == "inspection":
+            assert entry["outcome"] == "inspection", entry
         elif not entry["tests"]:
             assert entry["outcome"] == "untested", entry
     for path in report_dir.iterdir():
@@ -240,28 +248,218 @@ def test_runner_exits_1_and_lists_failed_musts_when_the_server_refuses_the_token
     assert suite.get("failures") == "1"
 
 
+def _plugin_argv(url: str, tmp_path: Path, report_dir: Path, *modules: str) -> list[str]:
+    return [
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-c",
+        os.devnull,
+        "--rootdir",
+        str(tmp_path),
+        "-v",
+        "--pyargs",
+        *(f"unisock_conformance.checks.{module}" for module in modules),
+        f"--unisock-url={url}",
+        f"--unisock-secret={SECRET}",
+        f"--unisock-report-dir={report_dir}",
+        "--unisock-seed=7",
+    ]
+
+
+def test_plugin_runs_drain_checks_last_and_grades_them_not_run_without_the_hook(
+    reference_server: ReferenceServer, tmp_path: Path
+) -> None:
+    report_dir = tmp_path / "report"
+    argv = _plugin_argv(
+        reference_server.url, tmp_path, report_dir, "test_drain", "test_cluster", "test_smoke"
+    )
+    result = _run(argv, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    ran = [
+        "drain" in line.split("::")[-1].split()[0]
+        for line in result.stdout.splitlines()
+        if "::test_" in line and (" PASSED" in line or " SKIPPED" in line)
+    ]
+    assert ran == [False] * 3 + [True] * 3, result.stdout  # cluster, smoke, then drain
+    report = _report(report_dir)
+    tests = {t["id"].rsplit("::", 1)[-1]: t for t in report["tests"]}
+    drain = [t for name, t in tests.items() if "drain" in name]
+    assert len(drain) == 3
+    assert all(t["outcome"] == "not-run" and "needs --drain-command" in t["message"] for t in drain)
+    cluster = tests["test_server_supersedes_a_session_opened_again_on_another_node"]
+    assert cluster["outcome"] == "not-run" and "needs --node-url" in cluster["message"]
+    outcomes = _outcomes(report)
+    assert outcomes["UNI-CLOSE-21"] == outcomes["UNI-SESS-14"] == "not-run"
+    assert outcomes["UNI-ERR-11"] == outcomes["UNI-CONF-5"] == "inspection"
+    inspected = [e for e in ENTRIES.values() if e.get("verification") == "inspection"]
+    assert report["summary"]["by_level"]["MUST"]["inspection"] == len(inspected) > 0
+    assert "| inspection |" in (report_dir / "report.md").read_text("utf-8")
+
+
+class TwoNodes:
+    """Two reference server nodes on one event loop, sharing one in-memory broker unless
+    ``shared`` is false (then they are two separate deployments)."""
+
+    def __init__(self, *, shared: bool = True) -> None:
+        self.shared = shared
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.servers: list[UnisockServer] = []
+        self.urls: list[str] = []
+
+    async def _start(self) -> list[tuple[str, int]]:
+        settings = load_settings(None, secret=SECRET)
+        broker = MemoryBroker(encode_frame=encode_event_frame)
+        self.servers = [UnisockServer(settings, broker if self.shared else None) for _ in range(2)]
+        return [await server.start("127.0.0.1", 0) for server in self.servers]
+
+    def start(self) -> None:
+        self.thread.start()
+        bound = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30 * SCALE)
+        self.urls = [f"ws://{host}:{port}/" for host, port in bound]
+
+    def stop(self) -> None:
+        for server in self.servers:
+            asyncio.run_coroutine_threadsafe(server.close(), self.loop).result(30 * SCALE)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30 * SCALE)
+        self.loop.close()
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["one-broker", "two-brokers"])
+def test_cluster_checks_pass_only_when_the_nodes_share_a_broker(
+    tmp_path: Path, shared: bool
+) -> None:
+    nodes = TwoNodes(shared=shared)
+    nodes.start()
+    try:
+        report_dir = tmp_path / "report"
+        argv = _plugin_argv(nodes.urls[0], tmp_path, report_dir, "test_cluster")
+        result = _run([*argv, f"--unisock-node-url={nodes.urls[1]}"], tmp_path)
+    finally:
+        nodes.stop()
+    assert result.returncode == (0 if shared else 1), result.stdout + result.stderr
+    report = _report(report_dir)
+    expected = "pass" if shared else "fail"
+    assert [t["outcome"] for t in report["tests"]] == [expected, expected]
+    assert _outcomes(report)["UNI-SESS-14"] == expected
+
+
+def test_deployment_checks_every_node_url_and_reports_only_which_hooks_were_given() -> None:
+    with pytest.raises(ValueError, match="ws://"):
+        Deployment("ws://a/", node_urls=("http://b/",))
+    deployment = Deployment(
+        "ws://a/", node_urls=("ws://b/",), drain_command="kill -TERM 1", coalescing_channel="c.x"
+    )
+    public = deployment.public()
+    assert public["nodes"] == 2 and public["drain_command"] is True
+    assert "kill" not in json.dumps(public) and public["coalescing_channel"] == "c.x"
+    with pytest.raises(RuntimeError, match="status 3"):
+        Deployment("ws://a/", drain_command="exit 3").run_drain_command()
+    with pytest.raises(RuntimeError, match="--drain-command"):
+        Deployment("ws://a/").run_drain_command()
+
+
 def test_runner_refuses_to_run_without_a_way_to_mint_tokens(tmp_path: Path) -> None:
     result = _run(["-m", "unisock_conformance.runner", "server", "ws://127.0.0.1:9/"], tmp_path)
     assert result.returncode == 2
     assert "--secret" in result.stderr
 
 
+class ServedProcess:
+    """``unisock serve`` as a subprocess on a port the OS chooses, as an operator runs it."""
+
+    def __init__(self, config: Path, secret: str, log: Path) -> None:
+        env = {**os.environ, "UNISOCK_SECRET": secret}
+        argv = ["-m", "unisock.cli", "serve", "--port", "0", "--config", str(config)]
+        self.log = log.open("w", encoding="utf-8")  # a file: a full pipe would stall the server
+        self.process = subprocess.Popen(
+            [sys.executable, *argv],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        first = self.process.stdout.readline()  # "unisock X serving unisock.v1 on ws://H:P/"
+        match = re.search(r"serving unisock\.v1 on (ws://\S+)", first)
+        assert match is not None, f"unexpected first line from unisock serve: {first!r}"
+        self.url = match.group(1)
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30 * SCALE)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self.log.close()
+
+
+def _broadcaster_suite_ids() -> set[str]:
+    """Requirement IDs a ``--role broadcaster`` client-suite run grades (not the server run)."""
+    from unisock_conformance.client_suite.framework import CHECKS
+    from unisock_conformance.client_suite.runner import TIERS_FOR_ROLE
+
+    tiers = TIERS_FOR_ROLE["broadcaster"]
+    return {ident for spec in CHECKS if spec.tier in tiers for ident in spec.requirements}
+
+
 @pytest.mark.slow
-def test_quick_suite_passes_against_the_reference_server(
-    reference_server: ReferenceServer, tmp_path: Path
+def test_suite_passes_against_the_reference_server_with_conformance_timers(
+    tmp_path: Path,
 ) -> None:
-    report_dir = tmp_path / "report"
-    result = _run(
-        _runner(reference_server.url, report_dir, "--profile", "quick"),
-        tmp_path,
-        timeout=QUICK_SUITE_TIMEOUT_S,
-    )
+    """The run documented in conformance/reference-server.toml: every MUST that the suite
+    can check passes, drain included; what is not run says why."""
+    served = ServedProcess(REFERENCE_CONFIG, SECRET, tmp_path / "server.log")
+    try:
+        report_dir = tmp_path / "report"
+        result = _run(
+            _runner(
+                served.url,
+                report_dir,
+                "--profile",
+                REFERENCE_PROFILE,
+                "--drain-command",
+                f"kill -TERM {served.process.pid}",
+                "--coalescing-channel",
+                "coal.test",
+            ),
+            tmp_path,
+            timeout=QUICK_SUITE_TIMEOUT_S,
+        )
+        # The drain checks ran last and stopped the server through its SIGTERM drain.
+        assert served.wait(timeout=30 * SCALE) == 0
+    finally:
+        served.stop()
     report = _report(report_dir)
     _assert_complete_and_secret_free(report_dir, report)
     ET.parse(report_dir / "junit.xml")
     assert (report_dir / "report.html").is_file()
     failed = [entry["id"] for entry in report["summary"]["failed_musts"]]
     assert result.returncode == 0, f"failed MUSTs: {failed}\n{result.stdout[-4000:]}"
+    by_client_suite = _broadcaster_suite_ids()
+    unexpected = {
+        entry["id"]: entry["outcome"]
+        for entry in report["requirements"]
+        if entry["level"] == "MUST"
+        and entry["outcome"] not in ("pass", "not-run", "unimplemented", "inspection")
+        and not (entry["role"] == "client" and entry["outcome"] == "not-applicable")
+        and not (entry["role"] == "broadcaster" and entry["id"] in by_client_suite)
+    }
+    assert unexpected == {}
+    outcomes = _outcomes(report)
+    for ident in ("UNI-LC-17", "UNI-LC-18", "UNI-CLOSE-19", "UNI-CLOSE-20", "UNI-CLOSE-21"):
+        assert outcomes[ident] == "pass", ident
+    assert outcomes["UNI-LIM-7"] == "pass" and outcomes["UNI-CONF-1"] == "pass"
+    # One node only: the cross-node session rule cannot be run, and says so.
+    assert outcomes["UNI-SESS-14"] == "not-run"
+    reasons = {t["id"].rsplit("::", 1)[-1]: t["message"] for t in report["tests"]}
+    assert "needs --node-url" in reasons["test_server_counts_the_per_user_cap_over_every_node"]
 
 
 def test_plugin_does_nothing_without_unisock_url(tmp_path: Path) -> None:

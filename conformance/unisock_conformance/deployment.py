@@ -71,10 +71,17 @@ class Deployment:
     time_scale: float = 1.0
     seed: int = 0
     profile: str = "quick"
+    drain_command: str | None = field(default=None, repr=False)
+    """Shell command that makes the deployment drain (spec 9.5); drain checks need it."""
+    node_urls: tuple[str, ...] = ()
+    """Further nodes of the same deployment, sharing its broker (UNI-SESS-14)."""
+    coalescing_channel: str | None = None
+    """A channel the deployment declares coalescing (the suite cannot discover one)."""
 
     def __post_init__(self) -> None:
-        if not self.url.startswith(("ws://", "wss://")):
-            raise ValueError(f"the server URL must start with ws:// or wss://, got {self.url!r}")
+        for url in (self.url, *self.node_urls):
+            if not url.startswith(("ws://", "wss://")):
+                raise ValueError(f"the server URL must start with ws:// or wss://, got {url!r}")
         if self.time_scale <= 0:
             raise ValueError("time_scale must be positive")
         if self.profile not in PROFILES:
@@ -87,6 +94,21 @@ class Deployment:
     def can_mint(self) -> bool:
         """True when user tokens can be obtained at all (secret or token command)."""
         return self.secret is not None or self.token_command is not None
+
+    def run_drain_command(self) -> None:
+        """Run ``drain_command`` through the shell; a failing command fails the check."""
+        if self.drain_command is None:
+            raise RuntimeError("draining the deployment needs --drain-command")
+        result = subprocess.run(
+            self.drain_command,
+            shell=True,
+            capture_output=True,
+            text=True,
+            timeout=self.timeout(30.0),
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"the drain command exited with status {result.returncode}")
 
     def timeout(self, seconds: float = DEFAULT_TIMEOUT_S) -> float:
         """``seconds`` scaled for this deployment; every wait in the suite goes through here."""
@@ -214,6 +236,9 @@ class Deployment:
             "time_scale": self.time_scale,
             "seed": self.seed,
             "profile": self.profile,
+            "nodes": 1 + len(self.node_urls),
+            "drain_command": self.drain_command is not None,
+            "coalescing_channel": self.coalescing_channel,
         }
 
 

@@ -3,7 +3,9 @@
 A failed check fails each MUST it carries and makes each SHOULD or MAY it carries
 ``non-strict``. A requirement takes the worst outcome over its checks; a requirement of an
 optional feature the server does not announce is ``unimplemented`` (UNI-CONF-2); one with no
-check at all is ``untested``; one of another role is ``not-applicable``.
+check at all is ``untested``; one of another role is ``not-applicable``. A requirement the
+registry marks ``"verification": "inspection"`` cannot be observed through the protocol: it
+is listed as ``inspection`` (spec 14.2), for review, and never graded from checks.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ __all__ = [
     "REQUIREMENT_OUTCOMES",
     "SERVER_ROLES",
     "SEVERITY",
+    "VERIFICATION_INSPECTION",
     "Grades",
     "Outcome",
     "RequirementGrade",
@@ -35,7 +38,14 @@ __all__ = [
 
 Outcome = Literal["pass", "fail", "non-strict", "unimplemented", "not-run"]
 RequirementOutcome = Literal[
-    "pass", "fail", "non-strict", "unimplemented", "not-run", "untested", "not-applicable"
+    "pass",
+    "fail",
+    "non-strict",
+    "unimplemented",
+    "not-run",
+    "untested",
+    "inspection",
+    "not-applicable",
 ]
 Status = Literal["passed", "failed", "skipped", "deselected"]
 Verdict = Literal["conforming", "conforming (non-strict)", "non-conforming"]
@@ -44,6 +54,7 @@ OUTCOMES: Final[tuple[Outcome, ...]] = ("pass", "fail", "non-strict", "unimpleme
 REQUIREMENT_OUTCOMES: Final[tuple[RequirementOutcome, ...]] = (
     *OUTCOMES,
     "untested",
+    "inspection",
     "not-applicable",
 )
 # Worst-of order: a requirement is only as good as its weakest check.
@@ -55,6 +66,8 @@ SEVERITY: Final[Mapping[Outcome, int]] = {
     "fail": 4,
 }
 SERVER_ROLES: Final = frozenset({"server", "broadcaster"})
+# Registry ``verification`` value of requirements no run can observe (spec 14.2).
+VERIFICATION_INSPECTION: Final = "inspection"
 
 
 @dataclass(frozen=True)
@@ -154,6 +167,8 @@ def grade_requirements(
         outcome: RequirementOutcome
         if entry["role"] not in roles:
             outcome = "not-applicable"
+        elif entry.get("verification") == VERIFICATION_INSPECTION:
+            outcome = "inspection"
         elif not tests_of[ident]:
             outcome = "untested"
         elif feature is not None and features is not None and feature not in features:

@@ -29,8 +29,8 @@ __all__ = [
     "DEFAULT_MAX_FILTER_NODES",
     "ME",
     "SYS",
-    "ModelConn",
     "Model",
+    "ModelConn",
     "Publish",
     "Rules",
     "Sub",
@@ -45,8 +45,8 @@ __all__ = [
     "namespace",
     "pattern_valid",
     "publish_allowed",
-    "scope_of",
     "scalar_equal",
+    "scope_of",
     "subscribe_allowed",
 ]
 
@@ -636,9 +636,7 @@ class Model:
             return [c for c in self.conns.values() if c.open and self._why_not(p, c) is None]
 
     def _why_not(self, p: Publish, c: ModelConn, *, replay: bool = False) -> str | None:
-        subs = [
-            (s.pattern, s.filter) for s in c.active() if replay or self._live_covers(s, p)
-        ]
+        subs = [(s.pattern, s.filter) for s in c.active() if replay or self._live_covers(s, p)]
         expired = c.expires_at_ms is not None and p.ts is not None and p.ts >= c.expires_at_ms
         return _predicate_failure(
             c_open=c.open,
@@ -773,9 +771,9 @@ class Model:
             self.fail("UNI-SUB-2", c.key, f"{sub.pattern} has no events, position {position}")
         if head is not None and got != head:
             self.fail("UNI-SUB-2", c.key, f"{sub.pattern} head is {head}, position {position}")
-        if sub.pattern not in c.last and not sub.from_ and sub.since is None:
-            if isinstance(got[0], str) and isinstance(got[1], int):
-                c.last[sub.pattern] = (got[0], got[1])
+        fresh = sub.pattern not in c.last and not sub.from_ and sub.since is None
+        if fresh and isinstance(got[0], str) and isinstance(got[1], int):
+            c.last[sub.pattern] = (got[0], got[1])
 
     def _on_unsubscribed(self, c: ModelConn, frame: Mapping[str, Any]) -> None:
         pattern = str(frame.get("channel"))
@@ -791,7 +789,9 @@ class Model:
         channel = str(frame.get("channel"))
         epoch, offset, reason = frame.get("epoch"), frame.get("offset"), frame.get("reason")
         resuming = [
-            s for s in c.active() if matches(s.pattern, channel) and (s.from_ or s.since is not None)
+            s
+            for s in c.active()
+            if matches(s.pattern, channel) and (s.from_ or s.since is not None)
         ]
         if not resuming:
             self.fail("UNI-SUB-9", c.key, f"gap without a resuming subscription: {frame}")
@@ -801,12 +801,12 @@ class Model:
         if head is not None and (epoch, offset) != head:
             self.fail("UNI-DEL-16", c.key, f"gap {frame} but the head of {channel} is {head}")
         froms = [s.from_[channel] for s in resuming if channel in s.from_]
-        if reason == "position_invalid" and head is not None:
-            if not any(e == head[0] and o > head[1] for e, o in froms):
-                self.fail("UNI-DEL-15", c.key, f"position_invalid for a valid position: {frame}")
-        if reason == "epoch_changed" and head is not None and froms:
-            if all(e == head[0] for e, _ in froms):
-                self.fail("UNI-DEL-15", c.key, f"epoch_changed with the current epoch: {frame}")
+        valid = head is not None and not any(e == head[0] and o > head[1] for e, o in froms)
+        if reason == "position_invalid" and valid:
+            self.fail("UNI-DEL-15", c.key, f"position_invalid for a valid position: {frame}")
+        current = head is not None and bool(froms) and all(e == head[0] for e, _ in froms)
+        if reason == "epoch_changed" and current:
+            self.fail("UNI-DEL-15", c.key, f"epoch_changed with the current epoch: {frame}")
         if reason == "window_exceeded" and head is not None and froms:
             for e, o in froms:
                 rng = [
@@ -835,8 +835,8 @@ class Model:
             return  # schema violations are reported by the framework
         p = self.publishes.get(mid)
         if p is None or p.seq < 0:
-            why = "refused publish" if p is not None else "message_id the model never published"
-            self.fail("UNI-DEL-11", c.key, f"{label}: {why}")
+            what = "refused publish" if p is not None else "message_id the model never published"
+            self.fail("UNI-DEL-11", c.key, f"{label}: {what}")
             return
         if isinstance(frame.get("ts"), int):
             p.ts = p.ts if p.ts is not None else frame["ts"]
@@ -862,9 +862,9 @@ class Model:
         last = c.last.get(channel)
         if last is not None and last[0] == epoch and offset <= last[1]:
             self.fail("UNI-DEL-14", c.key, f"{label} after offset {last[1]} of the same epoch")
-        if last is not None and last[0] != epoch:
-            if not any(g["epoch"] == epoch for g in c.gaps.get(channel, ())):
-                self.fail("UNI-DEL-19", c.key, f"{label}: epoch {last[0]} -> {epoch}, no gap")
+        announced = any(g["epoch"] == epoch for g in c.gaps.get(channel, ()))
+        if last is not None and last[0] != epoch and not announced:
+            self.fail("UNI-DEL-19", c.key, f"{label}: epoch {last[0]} -> {epoch}, no gap")
         why = self._unjustified(c, p, frame)
         if why is not None:
             requirement = "UNI-CH-2" if why.startswith("clause 2") else "UNI-DEL-11"
@@ -877,9 +877,9 @@ class Model:
 
     def _unjustified(self, c: ModelConn, p: Publish, frame: Mapping[str, Any]) -> str | None:
         """Why the predicate forbids this frame on ``c`` now, or None when it may arrive."""
-        if c.expires_at_ms is not None and isinstance(frame.get("ts"), int):
-            if frame["ts"] >= c.expires_at_ms:
-                return "clause 1: sequenced at or after the token's expiry"
+        ts = frame.get("ts")
+        if c.expires_at_ms is not None and isinstance(ts, int) and ts >= c.expires_at_ms:
+            return "clause 1: sequenced at or after the token's expiry"
         base = self._why_not(p, c, replay=True)
         if base is not None:
             return base
@@ -895,9 +895,8 @@ class Model:
             if position is not None:
                 if frame.get("epoch") == position[0] and frame["offset"] > position[1]:
                     return None
-            elif s.since is not None and isinstance(frame.get("ts"), int):
-                if frame["ts"] >= s.since:
-                    return None
+            elif s.since is not None and isinstance(ts, int) and ts >= s.since:
+                return None
         return "clause 4: sequenced before every matching subscription became active"
 
     def _check_content(self, c: ModelConn, p: Publish, frame: Mapping[str, Any]) -> None:
@@ -922,7 +921,7 @@ class Model:
                 f"{p.publisher_sub!r}",
             )
         leaked = sorted({"to", "exclude", "exclude_self", "user", "tenant"} & set(frame))
-        if leaked or "coalesced" in frame and p.key is None:
+        if leaked or ("coalesced" in frame and p.key is None):
             self.fail("UNI-DEL-2", c.key, f"event {p.message_id} carries {leaked or 'coalesced'}")
 
     # -- reporting --
@@ -932,7 +931,9 @@ class Model:
         with self.lock:
             if self.violations:
                 lines = [str(v) for v in self.violations[:20]]
-                raise AssertionError("the server broke the delivery rules:\n  " + "\n  ".join(lines))
+                raise AssertionError(
+                    "the server broke the delivery rules:\n  " + "\n  ".join(lines)
+                )
 
     def dump(self) -> str:
         """A readable account of what each connection received (for failure messages)."""

@@ -29,7 +29,15 @@ _COLOURS: Final = {
     "not-run": "90",
 }
 _ORDER: Final = ("pass", "fail", "non-strict", "unimplemented", "not-run")
-_COLUMNS: Final = ("pass", "fail", "non-strict", "unimplemented", "not-run", "untested")
+_COLUMNS: Final = (
+    "pass",
+    "fail",
+    "non-strict",
+    "unimplemented",
+    "not-run",
+    "untested",
+    "inspection",
+)
 
 
 def _area(nodeid: str) -> str:
@@ -172,6 +180,12 @@ def summary_lines(
     not_run = sum(1 for g in applicable if g.level == "MUST" and g.outcome == "not-run")
     if not_run:
         lines.append(f"{not_run} MUST requirement(s) not run (see report for reasons).")
+    inspection = sum(1 for g in applicable if g.level == "MUST" and g.outcome == "inspection")
+    if inspection:
+        lines.append(
+            f"{inspection} MUST requirement(s) verified by inspection, not by the suite "
+            "(see report)."
+        )
     lines += ["", f"Verdict: {verdict(grades)} (seed {deployment.seed})"]
     failing = sorted(n for n, o in grades.tests.items() if o == "fail")
     if failing:

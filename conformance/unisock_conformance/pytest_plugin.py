@@ -39,9 +39,11 @@ from unisock_conformance.grading import (
 from unisock_conformance.paths import SPEC_DIR
 from unisock_conformance.spectext import load_registry
 
-__all__ = ["SUITE_PLUGIN", "Suite", "get_suite"]
+__all__ = ["DRAIN_MARKER", "SUITE_PLUGIN", "Suite", "get_suite"]
 
 SUITE_PLUGIN: Final = "unisock-suite"
+# Checks carrying this marker stop the deployment from serving: they run after all others.
+DRAIN_MARKER: Final = "drain"
 DEFAULT_LINK_BASE: Final = "spec/"
 
 
@@ -82,6 +84,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="link prefix for spec sections in report.html (default 'spec/')",
     )
     group.addoption(
+        "--unisock-drain-command",
+        metavar="CMD",
+        help="shell command that makes the deployment drain (drain checks run last; "
+        "without it they are not run)",
+    )
+    group.addoption(
+        "--unisock-node-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="another node of the same deployment, sharing its broker (repeatable)",
+    )
+    group.addoption(
+        "--unisock-coalescing-channel",
+        metavar="NAME",
+        help="a channel the deployment declares coalescing (coalescing checks need one)",
+    )
+    group.addoption(
         "--unisock-progress",
         action="store_true",
         help="live progress display and summary table (used by `unisock conformance`)",
@@ -91,6 +111,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.hookimpl(tryfirst=True)  # before hypothesis reads --hypothesis-seed
 def pytest_configure(config: pytest.Config) -> None:
     markers.declare(config)
+    config.addinivalue_line(
+        "markers",
+        f"{DRAIN_MARKER}: the check drains the deployment, so it runs after every other check",
+    )
     url = config.getoption("--unisock-url")
     if not url:
         return
@@ -130,6 +154,9 @@ def _deployment_from_options(config: pytest.Config) -> Deployment:
             time_scale=float(scale) if scale is not None else default_time_scale(),
             seed=int(seed),
             profile=str(config.getoption("--unisock-profile")),
+            drain_command=config.getoption("--unisock-drain-command") or None,
+            node_urls=tuple(str(url) for url in config.getoption("--unisock-node-url")),
+            coalescing_channel=config.getoption("--unisock-coalescing-channel") or None,
         )
     except ValueError as error:
         raise pytest.UsageError(str(error)) from None
@@ -227,6 +254,8 @@ class Suite:
         return bool(markers.requirements_of(item)) or _in_checks(item)
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        # Draining ends the deployment's service: those checks go last, in their own order.
+        items[:] = sorted(items, key=lambda item: item.get_closest_marker(DRAIN_MARKER) is not None)
         for item in items:
             if self._is_check(item):
                 self.items[item.nodeid] = item

@@ -254,10 +254,7 @@ def _summary_rows(report: Mapping[str, Any]) -> list[list[str]]:
         rows.append(
             [
                 level,
-                *(
-                    str(counts[o])
-                    for o in ("pass", "fail", "non-strict", "unimplemented", "not-run", "untested")
-                ),
+                *(str(counts[o]) for o in SUMMARY_HEADER[1:-1]),
                 str(counts["total"]),
             ]
         )
@@ -272,6 +269,7 @@ SUMMARY_HEADER: Final = (
     "unimplemented",
     "not-run",
     "untested",
+    "inspection",
     "total",
 )
 
@@ -330,7 +328,7 @@ body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:75rem}
 table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.25rem .5rem;
 text-align:left;vertical-align:top}th{background:#f3f3f3}code{font-size:.9em}
 .pass{background:#e6f4ea}.fail{background:#fce8e6}.non-strict{background:#fef7e0}
-.unimplemented,.not-run,.untested{background:#f1f3f4}.not-applicable{color:#888}
+.unimplemented,.not-run,.untested,.inspection{background:#f1f3f4}.not-applicable{color:#888}
 pre{white-space:pre-wrap;background:#f8f8f8;padding:.5rem;max-height:20rem;overflow:auto}
 """
 

@@ -67,6 +67,25 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="X",
         help="multiply every timeout (default: $UNISOCK_TIME_SCALE or 1.0)",
     )
+    parser.add_argument(
+        "--drain-command",
+        metavar="CMD",
+        help="shell command that makes the deployment drain, e.g. 'kill -TERM 1234'; "
+        "the drain checks run last (the deployment stops serving) and need it",
+    )
+    parser.add_argument(
+        "--node-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="another node of the same deployment sharing its broker (repeatable); "
+        "the cross-node session checks need one",
+    )
+    parser.add_argument(
+        "--coalescing-channel",
+        metavar="NAME",
+        help="a channel the deployment declares coalescing (coalescing checks need one)",
+    )
     parser.add_argument("-k", dest="keyword", metavar="EXPR", help="only checks matching EXPR")
     parser.add_argument(
         "--spec-link-base",
@@ -105,9 +124,12 @@ def pytest_args(args: argparse.Namespace) -> list[str]:
         "--unisock-junit": args.junit,
         "--unisock-seed": args.seed,
         "--unisock-time-scale": args.time_scale,
+        "--unisock-drain-command": args.drain_command,
+        "--unisock-coalescing-channel": args.coalescing_channel,
     }
     argv += [f"{name}={value}" for name, value in optional.items() if value is not None]
     argv += [f"--unisock-header={header}" for header in args.header]
+    argv += [f"--unisock-node-url={url}" for url in args.node_url]
     if args.keyword:
         argv += ["-k", args.keyword]
     return argv

@@ -33,9 +33,7 @@ _values: dict[str, st.SearchStrategy[Any]] = {
 
 def attrs() -> st.SearchStrategy[dict[str, Any] | None]:
     """``attrs`` of a publish, or None (absent): a subset of the vocabulary."""
-    present = st.dictionaries(
-        st.sampled_from(ATTR_NAMES), st.just(None), max_size=len(ATTR_NAMES)
-    )
+    present = st.dictionaries(st.sampled_from(ATTR_NAMES), st.just(None), max_size=len(ATTR_NAMES))
 
     @st.composite
     def build(draw: st.DrawFn) -> dict[str, Any] | None:

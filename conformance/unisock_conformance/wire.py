@@ -137,6 +137,7 @@ class Conn:
         self.on_frame: list[FrameHook] = []
         self.close_code: int | None = None
         self.close_reason: str | None = None
+        self.closed_at: float | None = None  # time.monotonic() when the reader saw the close
         self.closed = threading.Event()
         self.group = group if group is not None else ConnGroup()
         self.group.conns.append(self)
@@ -166,6 +167,7 @@ class Conn:
         except Exception as error:  # a broken transport must not kill the run silently
             self.close_code, self.close_reason = 1006, f"{type(error).__name__}: {error}"
         finally:
+            self.closed_at = time.monotonic()
             self.closed.set()
             self._queue.put(_CLOSED)
 

@@ -10,13 +10,16 @@ from types import EllipsisType
 
 import pytest
 
-from unisock_conformance.deployment import Deployment, Names, ServerInfo
+from unisock_conformance.deployment import NOT_RUN_PREFIX, Deployment, Names, ServerInfo
 from unisock_conformance.pytest_plugin import get_suite
 from unisock_conformance.wire import PROTOCOL, Conn, ConnGroup, open_conn
 
 
 class Connect:
-    """``connect(token, *, subprotocols, origin, hello)`` -> an open :class:`Conn`."""
+    """``connect(token, *, subprotocols, origin, hello, url)`` -> an open :class:`Conn`.
+
+    ``url`` picks another node of the deployment (``deployment.node_urls``).
+    """
 
     def __init__(self, deployment: Deployment, group: ConnGroup, names: Names) -> None:
         self.deployment = deployment
@@ -32,11 +35,12 @@ class Connect:
         origin: str | EllipsisType | None = ...,
         hello: bool = True,
         name: str | None = None,
+        url: str | None = None,
     ) -> Conn:
         if hello and token is None:
             raise ValueError("connect(hello=True) needs a token")
         conn = open_conn(
-            self.deployment.url,
+            url or self.deployment.url,
             name=name or f"conn{next(self._count)}",
             subprotocols=subprotocols,
             origin=self.deployment.origin if isinstance(origin, EllipsisType) else origin,
@@ -52,7 +56,8 @@ class Connect:
 
 
 class User:
-    """``user(tenant, sub, *, subscribe, publish, broadcaster, ttl_s, sid)`` -> hello'd Conn."""
+    """``user(tenant, sub, *, subscribe, publish, broadcaster, ttl_s, sid, url)`` -> hello'd
+    Conn (``url``: another node of the deployment)."""
 
     def __init__(self, deployment: Deployment, connect: Connect) -> None:
         self.deployment = deployment
@@ -69,6 +74,7 @@ class User:
         broadcaster: bool = False,
         ttl_s: int = 3600,
         sid: str | None = None,
+        url: str | None = None,
     ) -> Conn:
         token = self.deployment.mint(
             tenant,
@@ -79,7 +85,7 @@ class User:
             ttl_s=ttl_s,
             sid=sid,
         )
-        return self.connect(token, name=f"{sub}#{next(self._count)}")
+        return self.connect(token, name=f"{sub}#{next(self._count)}", url=url)
 
 
 @pytest.fixture(scope="session")
@@ -101,6 +107,14 @@ def server_info(pytestconfig: pytest.Config, deployment: Deployment) -> ServerIn
 def profile(deployment: Deployment) -> str:
     """``quick`` or ``full``; the hypothesis profile ``unisock-<profile>`` is loaded."""
     return deployment.profile
+
+
+@pytest.fixture
+def coalescing_channel(deployment: Deployment) -> str:
+    """The channel the deployment declares coalescing; the check is not run without one."""
+    if deployment.coalescing_channel is None:
+        pytest.skip(f"{NOT_RUN_PREFIX} needs --coalescing-channel (a channel declared coalescing)")
+    return deployment.coalescing_channel
 
 
 @pytest.fixture

@@ -75,7 +75,11 @@ def _drain(ws: ClientConnection, channel: str, last_offset: int, timeout: float)
         assert left > 0, f"UNI-DEL-23: offset {last_offset} never accounted for: {_brief(frames)}"
         frame = json.loads(ws.recv(timeout=left))
         if frame.get("type") == "ping":
-            ws.send(json.dumps({"type": "pong", **({"nonce": frame["nonce"]} if "nonce" in frame else {})}))
+            ws.send(
+                json.dumps(
+                    {"type": "pong", **({"nonce": frame["nonce"]} if "nonce" in frame else {})}
+                )
+            )
             continue
         if frame.get("type") != "event" or frame.get("channel") != channel:
             continue
@@ -112,14 +116,16 @@ def _account(frames: list[Frame], acks: list[Frame], keys: dict[int, str | None]
     first = acks[0]["offset"]
     want = [a["offset"] for a in acks]
     assert [o for o in accounted if o >= first] == want, (
-        f"UNI-DEL-23: offsets lost without coalesced or gap: "
-        f"{sorted(set(want) - set(accounted))}"
+        f"UNI-DEL-23: offsets lost without coalesced or gap: {sorted(set(want) - set(accounted))}"
     )
     return len(listed)
 
 
 def _run_stall(
-    deployment: Deployment, user: User, names: Names, server_info: ServerInfo,
+    deployment: Deployment,
+    user: User,
+    names: Names,
+    server_info: ServerInfo,
     keys_for: list[str | None],
 ) -> tuple[list[Frame], list[Frame], dict[int, str | None], list[Frame]]:
     tenant, channel = names.tenant(), f"tasks.{names.channel()}"

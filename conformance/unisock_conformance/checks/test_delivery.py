@@ -87,9 +87,7 @@ def test_server_sends_identical_sys_frames_to_recipients_of_every_tenant(
 
 
 @pytest.mark.requirement("UNI-DEL-5")
-def test_server_replays_an_event_with_the_bytes_of_its_live_frame(
-    user: User, names: Names
-) -> None:
+def test_server_replays_an_event_with_the_bytes_of_its_live_frame(user: User, names: Names) -> None:
     tenant, base = names.tenant(), names.channel()
     channel = f"{base}.x"
     alice, live = user(tenant, names.user(0)), user(tenant, names.user(1))
@@ -118,8 +116,7 @@ def test_server_shares_one_offset_sequence_per_sys_channel_across_tenants(
 ) -> None:
     channel = f"$sys.{names.channel()}"
     backends = [
-        user(names.tenant(i), names.user(i), publish=("$sys.>",), broadcaster=True)
-        for i in (0, 1)
+        user(names.tenant(i), names.user(i), publish=("$sys.>",), broadcaster=True) for i in (0, 1)
     ]
     offsets = [backends[i % 2].publish(channel)["offset"] for i in range(4)]
     assert offsets == [1, 2, 3, 4]
@@ -144,8 +141,14 @@ def test_server_delivers_only_events_whose_attributes_pass_the_filter(
     tenant, channel = names.tenant(), names.channel()
     alice, bob = user(tenant, names.user(0)), user(tenant, names.user(1))
     bob.subscribe(channel, filter={"and": [{"gte": ["prio", 2]}, {"ne": ["kind", "x"]}]})
-    cases = [({"prio": 2}, True), ({"prio": 3, "kind": "x"}, False), ({"prio": 1}, False),
-             ({"prio": "2"}, False), ({"prio": 2.5, "kind": None}, True), (None, False)]
+    cases: list[tuple[dict[str, Any] | None, bool]] = [
+        ({"prio": 2}, True),
+        ({"prio": 3, "kind": "x"}, False),
+        ({"prio": 1}, False),
+        ({"prio": "2"}, False),
+        ({"prio": 2.5, "kind": None}, True),
+        (None, False),
+    ]
     acks = [(alice.publish(channel, attrs=attrs), expected) for attrs, expected in cases]
     last = alice.publish(channel, attrs={"prio": 9})
     _delivered(bob, last["message_id"])
@@ -203,7 +206,9 @@ def test_server_orders_events_per_channel_under_concurrent_publishers(
     got = [e["offset"] for e in events]
     assert got == list(range(1, total + 1)), f"out of order or missing: {got}"
     for batch in acks:
-        mine = [e["data"]["i"] for e in events if e["message_id"] in {a["message_id"] for a in batch}]
+        mine = [
+            e["data"]["i"] for e in events if e["message_id"] in {a["message_id"] for a in batch}
+        ]
         assert mine == sorted(mine), "one publisher's events were reordered"
 
 
@@ -223,9 +228,7 @@ def test_server_delivers_only_events_sequenced_after_the_subscription(
 
 
 @pytest.mark.requirement("UNI-DEL-12", "UNI-DEL-11")
-def test_server_writes_no_event_sequenced_after_the_token_expired(
-    user: User, names: Names
-) -> None:
+def test_server_writes_no_event_sequenced_after_the_token_expired(user: User, names: Names) -> None:
     tenant, channel = names.tenant(), names.channel()
     alice = user(tenant, names.user(0))
     short = user(tenant, names.user(1), ttl_s=2)

@@ -49,6 +49,10 @@ def _not_delivered(receiver: Conn, publisher: Conn, fence_channel: str, message_
     )
 
 
+def _reply_to(conn: Conn, request_id: str) -> Frame:
+    return conn.expect(None, where=lambda frame: frame.get("id") == request_id)
+
+
 def _delivered(receiver: Conn, message_id: str) -> Frame:
     return receiver.expect("event", where=lambda frame: frame.get("message_id") == message_id)
 
@@ -484,9 +488,7 @@ def test_server_scopes_deduplication_by_channel_and_tenant(user: User, names: Na
 
 
 @pytest.mark.requirement("UNI-PUB-23", "UNI-PUB-27")
-def test_server_sequences_a_corrected_retry_of_a_refused_publish(
-    user: User, names: Names
-) -> None:
+def test_server_sequences_a_corrected_retry_of_a_refused_publish(user: User, names: Names) -> None:
     alice, bob, _, channel, _ = _trio(user, names)
     mid = names.message_id()
     bad = alice.publish_message(channel, "Bad Event", message_id=mid)
@@ -516,8 +518,9 @@ def test_server_acks_a_duplicate_before_checking_event_data(user: User, names: N
     alice = user(names.tenant(), names.user())
     channel, mid = names.channel(), names.message_id()
     first = alice.publish(channel, "task.updated", TASK_UPDATED_OK, message_id=mid)
-    retry = alice.request(alice.publish_message(channel, "task.updated", TASK_UPDATED_BAD,
-                                                message_id=mid))
+    retry = alice.request(
+        alice.publish_message(channel, "task.updated", TASK_UPDATED_BAD, message_id=mid)
+    )
     assert retry.get("type") == "ack" and retry.get("duplicate") is True, retry
     assert retry["offset"] == first["offset"]
 
@@ -554,13 +557,14 @@ def test_server_rate_limits_publishes_beyond_the_burst_and_keeps_the_connection(
     messages = [alice.publish_message(channel, id=f"p{i}") for i in range(burst + extra)]
     for message in messages:
         alice.send(message)
-    replies = [alice.expect(None, where=lambda f, i=m["id"]: f.get("id") == i) for m in messages]
+    replies = [_reply_to(alice, str(m["id"])) for m in messages]
     acked = [r for r in replies if r["type"] == "ack"]
     limited = [r for r in replies if r.get("code") == "rate_limited"]
     assert len(acked) >= burst, f"UNI-PUB-31: only {len(acked)} of a burst of {burst} acked"
     assert limited, "UNI-PUB-30: no publish beyond the burst was rate limited"
-    assert all(isinstance(r.get("retry_after_ms"), int) and r["retry_after_ms"] >= 1
-               for r in limited), limited
+    assert all(
+        isinstance(r.get("retry_after_ms"), int) and r["retry_after_ms"] >= 1 for r in limited
+    ), limited
     assert len(acked) + len(limited) == len(messages), replies
     assert sorted(a["offset"] for a in acked) == list(range(1, len(acked) + 1))
     assert alice.request({"type": "ping", "id": "still-open"})["type"] == "pong"

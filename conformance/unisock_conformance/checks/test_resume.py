@@ -41,9 +41,9 @@ def _channel_frames(conn: Conn, channel: str, until: int) -> list[Frame]:
     """Events and gaps of ``channel`` up to the one at offset ``until`` (a live fence)."""
     conn.expect(
         None,
-        where=lambda f: f.get("channel") == channel
-        and f.get("type") == "event"
-        and f.get("offset") == until,
+        where=lambda f: (
+            f.get("channel") == channel and f.get("type") == "event" and f.get("offset") == until
+        ),
     )
     return [f for f in conn.frames if f.get("channel") == channel and f["type"] in ("event", "gap")]
 

@@ -1,15 +1,18 @@
 """A publishing client, a backend broadcaster (section 6): well-formed publishes, retries
-that keep their idempotency key, and no blind retries after refusals or rate limits."""
+that keep their idempotency key, no blind retries after refusals or rate limits, and no
+targeting fields on system-namespace publishes (section 4)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Mapping
 from typing import Any
 
 from unisock.schemas import format_errors, schema, validator_for
 from unisock_conformance.client_suite.checks_reconnect import SHORT, quiet_ms
+from unisock_conformance.client_suite.driver import Skipped
 from unisock_conformance.client_suite.framework import Context, check
 
 
@@ -177,3 +180,31 @@ async def check_publish_not_retried_after_the_dedup_window(ctx: Context) -> None
     assert resent == [], "the publish was re-sent after dedup_window_ms had passed"
     reply = await asyncio.wait_for(pending, ctx.timeout)
     assert reply.get("outcome") == "errored", f"the expired publish was reported as {reply}"
+
+
+_TARGETING = {"to": ["bob"], "exclude": ["bob"], "user": "bob"}
+
+
+@check("UNI-CH-15", tier="broadcaster")
+async def check_sys_publish_never_carries_to_exclude_or_user(ctx: Context) -> None:
+    """A $sys publish asked with to, exclude or user never reaches the wire with them."""
+    conn = await ctx.connect(broadcaster=True)
+    channel = "$sys.maintenance"
+    for name, value in _TARGETING.items():
+        with contextlib.suppress(Skipped):  # an interface that cannot express it sends nothing
+            await ctx.refused(
+                "publish",
+                channel=channel,
+                event="maintenance.planned",
+                data={},
+                message_id=f"sys-{name}",
+                **{name: value},
+            )
+    # A plain $sys publish is sent and acknowledged: every earlier frame has arrived.
+    await ctx.call(
+        "publish", channel=channel, event="maintenance.planned", data={}, message_id="sys-fence"
+    )
+    sent = [frame for frame in conn.of_type("publish") if frame.get("channel") == channel]
+    assert any(frame.get("message_id") == "sys-fence" for frame in sent), sent
+    carrying = [frame for frame in sent if set(_TARGETING) & set(frame)]
+    assert carrying == [], f"$sys publish sent with targeting fields: {carrying}"
