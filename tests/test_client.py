@@ -1041,7 +1041,7 @@ async def test_client_publish_returns_ack() -> None:
         }
         await conn.send({**ack, "duplicate": False})
         result = await asyncio.wait_for(task, LIMIT)
-        assert result == Ack("tasks.1", request["message_id"], "e1", 1, False)
+        assert result == Ack("tasks.1", request["message_id"], "e1", 1, False, request["id"])
         await client.close()
 
 

@@ -184,8 +184,11 @@ def _item_json(item: object) -> dict[str, Any]:
 
     kind = "event" if isinstance(item, Event) else "gap" if isinstance(item, Gap) else "ended"
     body = dataclasses.asdict(item)  # type: ignore[call-overload]
-    if kind == "event" and not body["coalesced"]:
-        del body["coalesced"]
+    if kind == "event":
+        # The wire form: optional members only when they say something.
+        for name in ("attrs", "publisher", "coalesced"):
+            if not body[name]:
+                del body[name]
     return {"type": kind, **body}
 
 
@@ -208,7 +211,8 @@ def _publish(args: argparse.Namespace) -> int:
             )
         finally:
             await client.close()
-        return {"type": "ack", **dataclasses.asdict(ack)}
+        wire = dataclasses.asdict(ack)
+        return {"type": "ack", "id": wire.pop("id"), **wire}
 
     try:
         print(json.dumps(asyncio.run(run()), ensure_ascii=False))

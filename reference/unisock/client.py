@@ -299,6 +299,8 @@ class Ack:
     epoch: str
     offset: int
     duplicate: bool
+    id: str | None = None
+    """The ``id`` of the publish request this acknowledges."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1213,6 +1215,7 @@ class Client:
                     epoch=msg["epoch"],
                     offset=msg["offset"],
                     duplicate=bool(msg.get("duplicate", False)),
+                    id=msg["id"],
                 )
             )
 

@@ -109,9 +109,11 @@ class MemoryBroker:
         self._dedup_window = dedup_window_ms
         self._clock = clock
         self._encode = encode_frame if encode_frame is not None else _default_encoder()
-        # One epoch per instance: history never resets while the instance lives, and a new
-        # instance (a restart) starts with nothing, which clients must learn as epoch_changed.
+        # One epoch per instance and per reset: a new instance (a restart) or a reset starts
+        # with nothing, which clients must learn as epoch_changed (UNI-DEL-8).
+        self._epoch_factory = epoch_factory
         self._epoch = epoch_factory()
+        self._used_epochs = {self._epoch}
         self._channels: dict[ChannelKey, _Channel] = {}
         self._scopes: dict[_Scope, dict[ChannelKey, _Channel]] = {}
         self._dedup: dict[_DedupKey, tuple[StoredEvent, int]] = {}
@@ -125,6 +127,24 @@ class MemoryBroker:
     def epoch(self) -> str:
         """The epoch of every channel of this instance."""
         return self._epoch
+
+    def reset(self) -> str:
+        """Discard all history, offsets and dedup records; return the new epoch (UNI-DEL-8).
+
+        Offsets restart at 1 under an epoch this instance never used, so every resume position
+        from before the reset is answered with ``epoch_changed`` instead of being misread.
+        """
+        epoch = self._epoch_factory()
+        while epoch in self._used_epochs:
+            epoch = self._epoch_factory()
+        self._used_epochs.add(epoch)
+        self._epoch = epoch
+        self._channels.clear()
+        self._scopes.clear()
+        self._dedup.clear()
+        self._dedup_expiry.clear()
+        _log.info("history reset; new epoch %s", epoch)
+        return epoch
 
     async def start(self) -> None:
         """Nothing to connect to; present for the :class:`Broker` interface."""

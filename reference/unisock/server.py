@@ -428,8 +428,12 @@ class UnisockServer:
         delivered = 0
         # A copy: writing can cut a slow consumer, which removes it from the index (UNI-LIM-8).
         for conn in tuple(candidates):
-            if conn.closing or not conn.core.accepts(event, now, view):
+            core = conn.core
+            if conn.closing or not core.accepts(event, now, view):
                 continue
+            if core.pending_gaps:
+                # UNI-DEL-19: the epoch_changed gap goes first, through the same queue.
+                self._apply_sync(conn, core.take_gaps())
             if frame is None:
                 frame = text_frame(event.frame.encode())  # once per event, for every recipient
             ws = conn.ws

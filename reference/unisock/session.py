@@ -7,7 +7,8 @@ asked to do (``subscribe_result``, ``replay_actions``, ``subscription_active``,
 never touches a socket and never reads the wall clock except through the injected ``clock``.
 
 For fan-out the adapter asks :meth:`SessionCore.accepts` per connection; it costs
-O(subscriptions), encodes nothing, and the adapter sends ``event.frame`` (encoded once).
+O(subscriptions), encodes nothing, and the adapter sends ``event.frame`` (encoded once), after
+any frames in :attr:`SessionCore.pending_gaps` (UNI-DEL-19).
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from unisock.auth import Identity, TokenVerifier
-from unisock.broker import ChannelKey, Position, PublishRecord, PublishResult, Replay, StoredEvent
+from unisock.broker import (
+    GAP_EPOCH_CHANGED,
+    ChannelKey,
+    Position,
+    PublishRecord,
+    PublishResult,
+    Replay,
+    StoredEvent,
+)
 from unisock.channels import (
     Channel,
     Namespace,
@@ -337,6 +346,8 @@ class SessionCore:
         self._bucket = TokenBucket(config.publish_rate_per_second, config.publish_rate_burst)
         self._subs: dict[str, _Subscription] = {}
         self._last: dict[_Scope, tuple[str, int]] = {}
+        self.pending_gaps: list[str] = []
+        """Encoded ``gap`` frames to write before the event just accepted (UNI-DEL-19)."""
         self._active_view: ConnectionView | None = None
         self._plain: frozenset[_Scope] = frozenset()
         self._deliver_until = 0
@@ -784,6 +795,7 @@ class SessionCore:
             # Live delivery continues after the announced head (events up to it are history);
             # a resuming subscription advances when its replay is reported (UNI-DEL-15).
             self._advance(sub.head, head)
+            actions.extend(self.take_gaps())  # another subscription saw an older epoch
         if sub.unsubscribe_id is not None:
             return self._remove(
                 pattern, [*actions, _send(_unsubscribed(pattern, sub.unsubscribe_id))]
@@ -825,10 +837,11 @@ class SessionCore:
             self._advance(key, replay.head, force=True)
         view = self._single_view(sub)
         for event in replay.events:
-            if event_view(event).delivers_to(view, now) and self._fresh(event):
-                actions.append(Deliver(event))
+            if event_view(event).delivers_to(view, now):
+                self._deliver(event, actions)
         if replay.gap is None:
             self._advance(key, replay.head)
+            actions.extend(self.take_gaps())
         return actions
 
     def subscription_active(self, pattern: str) -> list[Action]:
@@ -847,11 +860,11 @@ class SessionCore:
         self._refresh_views()
         now = self._clock()
         view = self._single_view(sub)
-        return [
-            Deliver(event)
-            for event in held
-            if event_view(event).delivers_to(view, now) and self._fresh(event)
-        ]
+        actions: list[Action] = []
+        for event in held:
+            if event_view(event).delivers_to(view, now):
+                self._deliver(event, actions)
+        return actions
 
     def publish_result(self, request_id: str, result: PublishResult) -> list[Action]:
         """The broker sequenced (or deduplicated) the publish: ``ack`` (UNI-PUB)."""
@@ -892,8 +905,12 @@ class SessionCore:
             # _fresh_at, inlined: this is the per-recipient hot path of every fan-out.
             position = view.position
             last = self._last.get(scope)
-            if last is not None and last[0] == position[0] and position[1] <= last[1]:
-                return False
+            if last is not None:
+                if last[0] == position[0]:
+                    if position[1] <= last[1]:
+                        return False
+                else:
+                    self._epoch_gap(scope, position[0], position[1] - 1)
             self._last[scope] = position
             return True
         active = self._active_view
@@ -934,16 +951,40 @@ class SessionCore:
 
     def _fresh_at(self, scope: _Scope, position: tuple[str, int]) -> bool:
         last = self._last.get(scope)
-        if last is not None and last[0] == position[0] and position[1] <= last[1]:
-            return False
+        if last is not None:
+            if last[0] == position[0]:
+                if position[1] <= last[1]:
+                    return False
+            else:
+                self._epoch_gap(scope, position[0], position[1] - 1)
         self._last[scope] = position
         return True
 
     def _advance(self, key: ChannelKey, head: Position, *, force: bool = False) -> None:
+        """Move the channel's last position to ``head``; ``force`` when a gap was just sent."""
         scope = _scope(key)
         last = self._last.get(scope)
+        if not force and last is not None and last[0] != head.epoch:
+            self._epoch_gap(scope, head.epoch, head.offset)
         if force or last is None or last[0] != head.epoch or last[1] < head.offset:
             self._last[scope] = (head.epoch, head.offset)
+
+    def _epoch_gap(self, scope: _Scope, epoch: str, offset: int) -> None:
+        """UNI-DEL-19: the connection learns of a new epoch before any event of it."""
+        gap = Gap(channel=scope[2], epoch=epoch, offset=max(offset, 0), reason=GAP_EPOCH_CHANGED)
+        self.pending_gaps.append(encode(gap))
+
+    def take_gaps(self) -> list[Send]:
+        """Pending epoch-change gaps as actions, clearing them; they precede the next event."""
+        gaps, self.pending_gaps = self.pending_gaps, []
+        return [Send(frame) for frame in gaps]
+
+    def _deliver(self, event: StoredEvent, actions: list[Action]) -> None:
+        """Append ``event`` unless already delivered, after any epoch gap it causes."""
+        if self._fresh(event):
+            if self.pending_gaps:
+                actions.extend(self.take_gaps())
+            actions.append(Deliver(event))
 
 
 # --- helpers ----------------------------------------------------------------------------------
