@@ -174,6 +174,7 @@ def test_namespace_token_is_split_from_segments() -> None:
     pattern = parse_pattern("$sys.a.>")
     assert pattern == Pattern("$sys.a.>", Namespace.SYS, ("a", ">"), wildcard=True, tail=True)
     literal = parse_pattern("a.b")
+    assert literal == Pattern("a.b", Namespace.TENANT, ("a", "b"), wildcard=False, tail=False)
     assert not literal.wildcard
     assert not literal.tail
     assert parse_pattern("a.*").wildcard

@@ -104,6 +104,23 @@ def test_filter_grammar_rejects_invalid_filter(obj: Any) -> None:
     assert isinstance(caught.value, ValueError)
 
 
+@pytest.mark.parametrize(
+    ("obj", "pointer"),
+    [
+        ([], ""),
+        ({"eq": ["a"]}, ""),
+        ({"and": [{"exists": "a"}, {"eq": ["a"]}]}, "/and/1"),
+        ({"or": [{"exists": "a"}, {"not": {"bogus": 1}}]}, "/or/1/not"),
+        ({"not": {"and": [{"exists": 1}]}}, "/not/and/0"),
+    ],
+)
+def test_filter_error_points_at_the_innermost_offending_node(obj: Any, pointer: str) -> None:
+    """UNI-SUB-19: the pointer is relative to the filter root, ``""`` for the root itself."""
+    with pytest.raises(FilterError) as caught:
+        compile_filter(obj)
+    assert caught.value.pointer == pointer
+
+
 def test_filter_counts_every_object_as_a_node_and_the_root_at_depth_one() -> None:
     compiled = compile_filter({"and": [{"eq": ["a", 1]}, {"not": {"exists": "b"}}]})
     assert compiled.nodes == 4
@@ -185,6 +202,8 @@ EVAL_TABLE: list[tuple[Any, dict[str, object], bool]] = [
     ({"or": [{"exists": "a"}, {"exists": "b"}]}, {"c": 1}, False),
     ({"not": {"exists": "a"}}, {}, True),
     ({"not": {"exists": "a"}}, {"a": 1}, False),
+    ({"or": [{"exists": "a"}, {"eq": ["$event", "task.updated"]}]}, {}, True),
+    ({"not": {"eq": ["$event", "task.updated"]}}, {}, False),
 ]
 
 

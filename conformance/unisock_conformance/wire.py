@@ -481,19 +481,22 @@ class Conn:
         on a channel this connection is subscribed to); ``fence_where`` recognises it. All
         frames delivered before the fence have arrived once it has (per-channel ordering).
         When ``fence_where`` is None, ``fence()`` must return the ack of the fence publish and
-        the fence is the event with that ack's channel and offset.
+        the fence is the event with that ack's channel, offset and message id (the message id
+        too: a leaked event of another tenant may share the fence's channel name and offset).
         """
         ack = fence()
         if fence_where is None:
             if not isinstance(ack, dict) or ack.get("type") != "ack":
                 raise ValueError("assert_no_frame: give fence_where or return the fence's ack")
             channel, offset = ack.get("channel"), ack.get("offset")
+            message_id = ack.get("message_id")
 
             def fence_where(frame: Frame) -> bool:
                 return (
                     frame.get("type") == "event"
                     and frame.get("channel") == channel
                     and frame.get("offset") == offset
+                    and frame.get("message_id") == message_id
                 )
 
         matcher = fence_where

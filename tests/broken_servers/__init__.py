@@ -1,0 +1,1 @@
+"""Deliberately broken variants of the reference server (see ``variants.py``)."""

@@ -1,0 +1,390 @@
+"""Deliberately broken variants of the reference server, applied as monkeypatches.
+
+The shipped server has no switches for any of this: each variant replaces one function or
+method of :mod:`unisock` by name, at import time, before the server starts. A target that no
+longer exists raises :class:`VariantTargetMissing`, so a refactor of the reference can never
+turn a variant silently into the unbroken server. ``tests/test_broken_servers.py`` runs the
+server conformance suite against each variant and requires the intended requirement to fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from unisock import auth, delivery, errors, memory_broker, server, session
+from unisock.broker import Replay
+from unisock.memory_broker import MemoryBroker
+from unisock.ratelimit import TokenBucket
+from unisock.server import UnisockServer
+from unisock.session import Close, Send, SessionCore, StartPublish
+
+__all__ = ["VARIANTS", "Variant", "VariantTargetMissing", "apply"]
+
+
+class VariantTargetMissing(LookupError):
+    """The reference no longer has what a variant patches: the variant must be updated."""
+
+
+def _original(owner: Any, name: str) -> Any:
+    """The current ``owner.name``, or a loud failure when a refactor removed it."""
+    try:
+        return owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+    except (KeyError, AttributeError):
+        raise VariantTargetMissing(f"{getattr(owner, '__name__', owner)}.{name}") from None
+
+
+def _replace(owner: Any, name: str, value: Any) -> None:
+    _original(owner, name)
+    setattr(owner, name, value)
+
+
+def _wrap_method(owner: type, name: str, make: Callable[[Any], Any]) -> None:
+    """Replace ``owner.name`` by ``make(original)``."""
+    _replace(owner, name, make(_original(owner, name)))
+
+
+# --- tenancy -----------------------------------------------------------------------------------
+
+
+def cross_tenant() -> None:
+    """Fan-out offers every event to every subscriber and the predicate skips the tenant clause."""
+    of = _original(delivery.PreparedEvent, "of").__func__
+
+    def prepared_of(cls: type[delivery.PreparedEvent], event: Any) -> delivery.PreparedEvent:
+        prepared: delivery.PreparedEvent = of(cls, event)
+        return dataclasses.replace(prepared, cross_tenant=True)
+
+    def candidates(self: Any, key: Any) -> set[Any]:
+        found: set[Any] = set()
+        for table in (self.exact, self.scoped):
+            for members in table.values():
+                found |= members
+        return found
+
+    _replace(delivery.PreparedEvent, "of", classmethod(prepared_of))
+    _replace(server._Index, "candidates", candidates)
+
+
+# --- resume and history ------------------------------------------------------------------------
+
+
+def resume_drops_first() -> None:
+    """Replay after ``from`` starts one event late: offset O+1 is never replayed."""
+
+    def make(original: Any) -> Any:
+        async def replay(self: MemoryBroker, key: Any, after: Any) -> Replay:
+            result: Replay = await original(self, key, after)
+            return dataclasses.replace(result, events=result.events[1:])
+
+        return replay
+
+    _wrap_method(MemoryBroker, "replay", make)
+
+
+def gap_not_signalled() -> None:
+    """A resume older than the history replays what is left instead of sending a gap."""
+    exceeded = _original(memory_broker, "GAP_WINDOW_EXCEEDED")
+
+    def make(original: Any) -> Any:
+        async def replay(self: MemoryBroker, key: Any, after: Any) -> Replay:
+            result: Replay = await original(self, key, after)
+            if result.gap != exceeded:
+                return result
+            retained = tuple(self._channels[key].history)
+            return dataclasses.replace(result, events=retained, gap=None)
+
+        return replay
+
+    _wrap_method(MemoryBroker, "replay", make)
+
+
+# --- publishing --------------------------------------------------------------------------------
+
+
+def dedup_ignored() -> None:
+    """A retried ``message_id`` is sequenced (and delivered) again."""
+
+    def make(original: Any) -> Any:
+        async def publish(self: MemoryBroker, record: Any) -> Any:
+            self._dedup.pop((record.key, record.message_id), None)
+            return await original(self, record)
+
+        return publish
+
+    async def find_duplicate(self: MemoryBroker, key: Any, message_id: str) -> None:
+        return None
+
+    _wrap_method(MemoryBroker, "publish", make)
+    _replace(MemoryBroker, "find_duplicate", find_duplicate)
+
+
+def offsets_skip() -> None:
+    """Every publish after the first skips one offset: 1, 3, 5..."""
+
+    def make(original: Any) -> Any:
+        async def publish(self: MemoryBroker, record: Any) -> Any:
+            channel = self._channels.get(record.key)
+            if channel is not None and channel.head > 0:
+                channel.head += 1
+            return await original(self, record)
+
+        return publish
+
+    _wrap_method(MemoryBroker, "publish", make)
+
+
+def _rewrite_publish(**changes: Any) -> None:
+    """The session builds the record, then a field of the publish is dropped on the way."""
+
+    def make(original: Any) -> Any:
+        def publish(self: SessionCore, message: Any, now: int) -> list[Any]:
+            return [
+                dataclasses.replace(a, record=dataclasses.replace(a.record, **changes))
+                if isinstance(a, StartPublish)
+                else a
+                for a in original(self, message, now)
+            ]
+
+        return publish
+
+    _wrap_method(SessionCore, "_publish", make)
+
+
+def to_ignored() -> None:
+    """``to`` is dropped: a targeted event reaches every subscriber."""
+    _rewrite_publish(to=None)
+
+
+def exclude_ignored() -> None:
+    """``exclude`` is dropped: excluded users still receive the event."""
+    _rewrite_publish(exclude=None)
+
+
+def exclude_self_ignored() -> None:
+    """``exclude_self`` is dropped: the publishing connection receives its own event."""
+    _rewrite_publish(exclude_self=False)
+
+
+def rate_limit_ignored() -> None:
+    """The publish token bucket never runs dry."""
+
+    def try_take(self: TokenBucket, now_ms: int) -> int | None:
+        return None
+
+    _replace(TokenBucket, "try_take", try_take)
+
+
+# --- delivery ----------------------------------------------------------------------------------
+
+
+def filter_ignored() -> None:
+    """Subscription filters are parsed and then never evaluated."""
+
+    def evaluate(flt: Any, event_type: str, attrs: Any) -> bool:
+        return True
+
+    _replace(delivery, "evaluate", evaluate)
+
+
+def delivery_after_expiry() -> None:
+    """The server honours ``exp`` 1.5 s late: events keep flowing after the token expired."""
+    _original(auth.Identity, "expires_at_ms")
+    late = property(lambda self: self.expires_at * 1000 + 1500)
+    _replace(auth.Identity, "expires_at_ms", late)
+
+
+def delivery_after_unsubscribe() -> None:
+    """``unsubscribed`` is sent but the subscription keeps matching events."""
+    remove = _original(SessionCore, "_remove")
+    view = _original(SessionCore, "view")
+    ghosts: dict[str, list[Any]] = {}
+
+    def patched_remove(self: SessionCore, text: str, actions: list[Any]) -> list[Any]:
+        sub = self._subs.get(text)
+        if sub is not None and sub.active:
+            ghosts.setdefault(self.connection_id, []).append(sub.view)
+        return [a for a in remove(self, text, actions) if not isinstance(a, session.StopSubscribe)]
+
+    def patched_view(self: SessionCore) -> delivery.ConnectionView:
+        base: delivery.ConnectionView = view(self)
+        extra = tuple(ghosts.get(self.connection_id, ()))
+        return dataclasses.replace(base, subscriptions=base.subscriptions + extra)
+
+    _replace(SessionCore, "_remove", patched_remove)
+    _replace(SessionCore, "view", patched_view)
+
+
+def reordered_fanout() -> None:
+    """Fan-out of two consecutive events of a channel is swapped; the per-connection order
+    guard is gone, so subscribers see offset n+1 before n."""
+    add_listener = _original(MemoryBroker, "add_listener")
+    _original(SessionCore, "_fresh_at")
+    refresh_views = _original(SessionCore, "_refresh_views")
+
+    def patched_add_listener(self: MemoryBroker, listener: Callable[[Any], None]) -> None:
+        held: list[Any] = []
+
+        def flush() -> None:
+            while held:
+                listener(held.pop(0))
+
+        def swapping(event: Any) -> None:
+            if held and held[0].record.key == event.record.key:
+                listener(event)
+                flush()
+            elif held:
+                flush()
+                listener(event)
+            else:
+                held.append(event)
+                asyncio.get_running_loop().call_later(0.05, flush)
+
+        add_listener(self, swapping)
+
+    def fresh_at(self: SessionCore, scope: Any, position: tuple[str, int]) -> bool:
+        self._last[scope] = position
+        return True
+
+    def patched_refresh_views(self: SessionCore) -> None:
+        refresh_views(self)
+        if not hasattr(self, "_plain"):
+            raise VariantTargetMissing("SessionCore._plain")
+        self._plain = frozenset()  # no fast path: every event goes through _fresh_at
+
+    _replace(MemoryBroker, "add_listener", patched_add_listener)
+    _replace(SessionCore, "_fresh_at", fresh_at)
+    _replace(SessionCore, "_refresh_views", patched_refresh_views)
+
+
+# --- limits, sessions, heartbeats, close codes -------------------------------------------------
+
+
+def subscription_cap_ignored() -> None:
+    """``max_subscriptions`` is announced in ``welcome`` but never enforced."""
+
+    def make(original: Any) -> Any:
+        def subscribe(self: SessionCore, message: Any) -> list[Any]:
+            config = self.config
+            self.config = dataclasses.replace(config, max_subscriptions=1 << 30)
+            try:
+                return list(original(self, message))
+            finally:
+                self.config = config
+
+        return subscribe
+
+    _wrap_method(SessionCore, "_subscribe", make)
+
+
+def supersede_ignored() -> None:
+    """A second connection with the same ``sid`` leaves the first one open."""
+
+    def on_supersede(self: UnisockServer, connection_id: str) -> None:
+        return None
+
+    _replace(UnisockServer, "_on_supersede", on_supersede)
+
+
+def superseded_closes_4200() -> None:
+    """Supersede closes with 4200 (the slow-consumer class) instead of 4001."""
+
+    def make(original: Any) -> Any:
+        def superseded(self: SessionCore) -> list[Any]:
+            return [
+                Close(4200, "slow_consumer") if isinstance(a, Close) else a for a in original(self)
+            ]
+
+        return superseded
+
+    _wrap_method(SessionCore, "superseded", make)
+
+
+def auth_failure_closes_4000() -> None:
+    """A rejected token closes with 4000 (protocol error) instead of 4100."""
+    _original(errors.AuthFailed, "close_code")
+    errors.AuthFailed.close_code = 4000
+
+
+def heartbeat_not_sent() -> None:
+    """The server never sends its own ``ping``."""
+
+    def is_ping(action: Any) -> bool:
+        return isinstance(action, Send) and json.loads(action.frame).get("type") == "ping"
+
+    def make(original: Any) -> Any:
+        def tick(self: SessionCore, now_ms: int) -> list[Any]:
+            return [a for a in original(self, now_ms) if not is_ping(a)]
+
+        return tick
+
+    _wrap_method(SessionCore, "tick", make)
+
+
+# --- registry ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One broken server: the patch, the checks that must catch it, the IDs they must fail."""
+
+    name: str
+    patch: Callable[[], None]
+    keyword: str
+    """``-k`` expression selecting the conformance checks expected to catch it."""
+    requirements: frozenset[str]
+    """At least one of these must be graded ``fail``."""
+
+
+def _v(patch: Callable[[], None], keyword: str, *ids: str) -> Variant:
+    return Variant(patch.__name__, patch, keyword, frozenset(ids))
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        _v(
+            cross_tenant,
+            "never_cross_tenants or never_delivers_a_tenant_event",
+            "UNI-CH-2",
+            "UNI-DEL-11",
+        ),
+        _v(resume_drops_first, "replays_the_whole_range", "UNI-DEL-15"),
+        _v(gap_not_signalled, "window_exceeded_when_history", "UNI-DEL-15", "UNI-DEL-16"),
+        _v(dedup_ignored, "duplicate_with_the_original_position", "UNI-PUB-21"),
+        _v(offsets_skip, "contiguous_offsets", "UNI-PUB-28", "UNI-DEL-7"),
+        _v(to_ignored, "targeted_event_only_to_listed_users", "UNI-PUB-10"),
+        _v(exclude_ignored, "never_delivers_to_excluded_users", "UNI-PUB-11"),
+        _v(exclude_self_ignored, "exclude_self_to_the_publishing", "UNI-PUB-12"),
+        _v(rate_limit_ignored, "rate_limits_publish", "UNI-PUB-30"),
+        _v(filter_ignored, "attributes_pass_the_filter", "UNI-DEL-11", "UNI-SUB-20"),
+        _v(delivery_after_expiry, "sequenced_after_the_token_expired", "UNI-DEL-12"),
+        _v(
+            delivery_after_unsubscribe,
+            "delivers_nothing_for_a_subscription_after_unsubscribed",
+            "UNI-SUB-14",
+        ),
+        _v(reordered_fanout, "orders_events_per_channel_under_concurrent", "UNI-DEL-14"),
+        _v(subscription_cap_ignored, "beyond_max_subscriptions", "UNI-SUB-5"),
+        _v(supersede_ignored, "supersedes_older_connection_of_the_same_session", "UNI-SESS-6"),
+        _v(
+            superseded_closes_4200,
+            "supersedes_older_connection_of_the_same_session",
+            "UNI-SESS-6",
+            "UNI-SESS-9",
+        ),
+        _v(auth_failure_closes_4000, "closes_4100_without_error", "UNI-LC-7"),
+        _v(heartbeat_not_sent, "pings_every_interval", "UNI-HB-1"),
+    )
+}
+
+
+def apply(name: str) -> Variant:
+    """Patch the reference for variant ``name`` (KeyError for an unknown name)."""
+    variant = VARIANTS[name]
+    variant.patch()
+    return variant
