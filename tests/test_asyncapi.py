@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from unisock import schemas
 
 REPO = Path(__file__).resolve().parent.parent

@@ -7,6 +7,7 @@ import random
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from unisock.backoff import (
     ABSOLUTE_FLOOR_MS,
     DEFAULTS,

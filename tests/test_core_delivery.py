@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from unisock.channels import parse_channel, parse_pattern
 from unisock.delivery import (
     ConnectionView,

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from unisock.filters import Filter, FilterError, compile_filter, evaluate, json_equal
 
 

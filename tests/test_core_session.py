@@ -892,6 +892,99 @@ def test_accepts_keeps_offsets_increasing_per_channel_within_an_epoch() -> None:
     assert core.accepts(stored("tasks.1", 1, epoch="e-2"), T0) is True
 
 
+def epoch_gap(epoch: str, offset: int, channel: str = "tasks.1") -> dict[str, Any]:
+    return {
+        "type": "gap",
+        "channel": channel,
+        "epoch": epoch,
+        "offset": offset,
+        "reason": "epoch_changed",
+    }
+
+
+def kinds(actions: list[Action]) -> list[str]:
+    """Each action as the gap/event sequence the connection would see."""
+    out = []
+    for action in actions:
+        if isinstance(action, Deliver):
+            out.append(f"event {action.event.epoch}:{action.event.offset}")
+        elif isinstance(action, Send):
+            message = json.loads(action.frame)
+            out.append(f"{message['type']} {message.get('epoch')}:{message.get('offset')}")
+    return out
+
+
+@pytest.mark.parametrize("pattern", ["tasks.1", "tasks.>"])  # the fast path and the general one
+def test_live_event_of_a_new_epoch_is_preceded_by_an_epoch_changed_gap(pattern: str) -> None:
+    core, _ = opened()
+    active(core, pattern, Position(EPOCH, 0) if pattern == "tasks.1" else None)
+    assert core.accepts(stored("tasks.1", 1), T0) is True
+    assert core.pending_gaps == []
+    assert core.accepts(stored("tasks.1", 3, epoch="e-2"), T0) is True
+    assert frames(core.take_gaps()) == [epoch_gap("e-2", 2)]  # UNI-DEL-19
+    assert core.pending_gaps == []
+    assert core.accepts(stored("tasks.1", 4, epoch="e-2"), T0) is True
+    assert core.pending_gaps == []
+
+
+def test_first_event_on_a_channel_never_seen_needs_no_epoch_gap() -> None:
+    core, _ = opened()
+    active(core, "tasks.>")
+    assert core.accepts(stored("tasks.1", 1), T0) is True
+    assert core.accepts(stored("tasks.2", 7, epoch="e-2"), T0) is True
+    assert core.pending_gaps == []
+
+
+def test_held_event_of_a_new_epoch_follows_its_gap_when_the_subscription_activates() -> None:
+    core, _ = opened()
+    subscribe(core, "tasks.>", rid="a", filter={"ne": ["skip", True]})
+    core.subscribe_result("tasks.>")
+    core.subscription_active("tasks.>")
+    assert core.accepts(stored("tasks.1", 3), T0) is True
+    subscribe(core, "tasks.*", rid="b")
+    assert core.accepts(stored("tasks.1", 1, epoch="e-2", attrs={"skip": True}), T0) is False
+    core.subscribe_result("tasks.*")
+    assert kinds(core.subscription_active("tasks.*")) == ["gap e-2:0", "event e-2:1"]
+
+
+def test_replayed_events_of_a_new_epoch_follow_their_gap() -> None:
+    core, _ = opened()
+    active(core, "tasks.>")
+    assert core.accepts(stored("tasks.1", 3), T0) is True
+    subscribe(core, "tasks.1", rid="b", since=T0)
+    core.subscribe_result("tasks.1", Position("e-2", 2))
+    events = (stored("tasks.1", 1, epoch="e-2"), stored("tasks.1", 2, epoch="e-2"))
+    replay = Replay(Position("e-2", 2), events, None)
+    actions = core.replay_actions("tasks.1", ChannelKey("acme", None, "tasks.1"), replay)
+    assert kinds(actions) == ["gap e-2:0", "event e-2:1", "event e-2:2"]
+
+
+def test_subscribed_head_in_a_new_epoch_is_followed_by_a_gap() -> None:
+    core, _ = opened()
+    active(core, "tasks.>")
+    assert core.accepts(stored("tasks.1", 3), T0) is True
+    subscribe(core, "tasks.1", rid="b")
+    actions = core.subscribe_result("tasks.1", Position("e-2", 5))
+    assert [m["type"] for m in frames(actions)] == ["subscribed", "gap"]
+    assert frames(actions)[1] == epoch_gap("e-2", 5)
+    assert core.accepts(stored("tasks.1", 6, epoch="e-2"), T0) is True
+    assert core.pending_gaps == []
+
+
+def test_replay_gap_for_a_new_epoch_is_not_repeated_before_the_next_event() -> None:
+    core, _ = opened()
+    active(core, "tasks.>")
+    assert core.accepts(stored("tasks.1", 3), T0) is True
+    subscribe(core, "tasks.1", rid="b", resume={"tasks.1": {"epoch": EPOCH, "offset": 3}})
+    core.subscribe_result("tasks.1", Position("e-2", 2))
+    replay = Replay(Position("e-2", 2), (), "epoch_changed")
+    actions = core.replay_actions("tasks.1", ChannelKey("acme", None, "tasks.1"), replay)
+    assert frames(actions) == [epoch_gap("e-2", 2)]
+    assert core.subscription_active("tasks.1") == []
+    assert core.accepts(stored("tasks.1", 3, epoch="e-2"), T0) is True
+    assert core.pending_gaps == []
+
+
 def test_event_views_are_cached_per_event_and_bounded() -> None:
     from unisock import session
 

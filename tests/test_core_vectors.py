@@ -10,6 +10,7 @@ import random
 from typing import Any
 
 import pytest
+
 from unisock.backoff import DEFAULTS, BackoffParams, backoff_bounds, backoff_delay
 from unisock.channels import (
     ChannelError,

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+
 from broker_contract import (
     TASKS,
     BrokerContract,
@@ -127,6 +128,50 @@ def test_restarted_memory_broker_reports_epoch_changed_to_old_positions() -> Non
         return (await memory().replay(TASKS, old)).gap
 
     assert run(main()) == "epoch_changed"
+
+
+def test_memory_broker_reset_switches_to_a_new_epoch_and_restarts_offsets() -> None:
+    broker = memory()
+
+    async def main() -> tuple[Position, Position, Position]:
+        old = (await broker.publish(make_record(TASKS, "m1"))).event.position
+        await broker.publish(make_record(TASKS, "m2"))
+        epoch = broker.reset()
+        assert epoch == broker.epoch
+        head = await broker.head(TASKS)
+        new = (await broker.publish(make_record(TASKS, "m3"))).event.position
+        return old, head, new
+
+    old, head, new = run(main())
+    assert head == Position(new.epoch, 0)
+    assert new.offset == 1
+    assert new.epoch != old.epoch
+
+
+def test_memory_broker_reset_discards_history_and_dedup_records() -> None:
+    broker = memory()
+
+    async def main() -> tuple[str | None, list[ChannelKey], bool, StoredEvent | None]:
+        old = (await broker.publish(make_record(TASKS, "m1"))).event.position
+        broker.reset()
+        gap = (await broker.replay(TASKS, old)).gap
+        keys = await broker.channels(TASKS.tenant, None, "tenant")
+        again = await broker.publish(make_record(TASKS, "m1"))
+        return gap, keys, again.duplicate, await broker.find_duplicate(TASKS, "m1")
+
+    gap, keys, duplicate, found = run(main())
+    assert gap == "epoch_changed"
+    assert keys == []
+    assert duplicate is False  # the dedup record went with the history
+    assert found is not None and found.offset == 1
+
+
+def test_memory_broker_reset_never_reuses_an_epoch() -> None:
+    values = iter(["e-1", "e-1", "e-2", "e-1", "e-2", "e-3"])
+    broker = memory(epoch_factory=lambda: next(values))
+    assert broker.epoch == "e-1"
+    assert broker.reset() == "e-2"
+    assert broker.reset() == "e-3"
 
 
 def test_memory_broker_encodes_with_the_protocol_encoder_by_default() -> None:

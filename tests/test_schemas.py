@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 from referencing import Registry
+
 from unisock import schemas
 
 ROOT = Path(__file__).resolve().parent.parent / "schemas" / "v1"

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from server_harness import Frame, RawClient, ServerHarness, asynctest, running_server, token
+from unisock.memory_broker import MemoryBroker
 from unisock.schemas import validate_server_message
 
 FAST = {"publish_rate_burst": 100_000, "publish_rate_per_second": 100_000}
@@ -152,6 +153,35 @@ def test_server_answers_unusable_position_with_gap_then_continues_live(
             await alice.publish("tasks.7", "live")
             [event] = await bob.events(1)
             assert event["offset"] == 4
+            assert await bob.fence() == []
+
+    run()
+
+
+@pytest.mark.parametrize("pattern", ["tasks.>", "tasks.7"])
+def test_server_sends_epoch_changed_gap_before_the_first_event_after_a_reset(pattern: str) -> None:
+    """UNI-DEL-8, UNI-DEL-19: a reset broker starts a new epoch; subscribers learn it first."""
+
+    @asynctest
+    async def run() -> None:
+        async with running_server() as h:
+            bob = await h.connect(token(sub="bob"))
+            await bob.subscribe(pattern)
+            alice = await h.connect()
+            before = await alice.publish("tasks.7", "old")
+            assert [e["offset"] for e in await bob.events(1)] == [before["offset"]]
+            broker = h.server.broker
+            assert isinstance(broker, MemoryBroker)
+            broker.reset()
+            after = await alice.publish("tasks.7", "new")
+            assert after["epoch"] != before["epoch"]
+            assert after["offset"] == 1
+            gap = await bob.expect_next("gap", channel="tasks.7", reason="epoch_changed")
+            assert (gap["epoch"], gap["offset"]) == (after["epoch"], 0)
+            event = await bob.expect_next("event", channel="tasks.7")
+            assert (event["epoch"], event["offset"]) == (after["epoch"], 1)
+            await alice.publish("tasks.7", "next")
+            assert [e["offset"] for e in await bob.events(1)] == [2]
             assert await bob.fence() == []
 
     run()

@@ -73,6 +73,8 @@ class Deployment:
     profile: str = "quick"
     drain_command: str | None = field(default=None, repr=False)
     """Shell command that makes the deployment drain (spec 9.5); drain checks need it."""
+    reset_command: str | None = field(default=None, repr=False)
+    """Shell command that makes the deployment lose its channel history and offsets."""
     node_urls: tuple[str, ...] = ()
     """Further nodes of the same deployment, sharing its broker (UNI-SESS-14)."""
     coalescing_channel: str | None = None
@@ -99,8 +101,17 @@ class Deployment:
         """Run ``drain_command`` through the shell; a failing command fails the check."""
         if self.drain_command is None:
             raise RuntimeError("draining the deployment needs --drain-command")
+        self._run_operator_command("drain", self.drain_command)
+
+    def run_reset_command(self) -> None:
+        """Run ``reset_command`` through the shell; a failing command fails the check."""
+        if self.reset_command is None:
+            raise RuntimeError("resetting the deployment needs --reset-command")
+        self._run_operator_command("reset", self.reset_command)
+
+    def _run_operator_command(self, what: str, command: str) -> None:
         result = subprocess.run(
-            self.drain_command,
+            command,
             shell=True,
             capture_output=True,
             text=True,
@@ -108,7 +119,7 @@ class Deployment:
             check=False,
         )
         if result.returncode != 0:
-            raise RuntimeError(f"the drain command exited with status {result.returncode}")
+            raise RuntimeError(f"the {what} command exited with status {result.returncode}")
 
     def timeout(self, seconds: float = DEFAULT_TIMEOUT_S) -> float:
         """``seconds`` scaled for this deployment; every wait in the suite goes through here."""
@@ -238,6 +249,7 @@ class Deployment:
             "profile": self.profile,
             "nodes": 1 + len(self.node_urls),
             "drain_command": self.drain_command is not None,
+            "reset_command": self.reset_command is not None,
             "coalescing_channel": self.coalescing_channel,
         }
 

@@ -39,11 +39,13 @@ from unisock_conformance.grading import (
 from unisock_conformance.paths import SPEC_DIR
 from unisock_conformance.spectext import load_registry
 
-__all__ = ["DRAIN_MARKER", "SUITE_PLUGIN", "Suite", "get_suite"]
+__all__ = ["DRAIN_MARKER", "RESET_MARKER", "SUITE_PLUGIN", "Suite", "get_suite"]
 
 SUITE_PLUGIN: Final = "unisock-suite"
 # Checks carrying this marker stop the deployment from serving: they run after all others.
 DRAIN_MARKER: Final = "drain"
+# Checks carrying this marker wipe the deployment's history: they run late, before draining.
+RESET_MARKER: Final = "reset"
 DEFAULT_LINK_BASE: Final = "spec/"
 
 
@@ -90,6 +92,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "without it they are not run)",
     )
     group.addoption(
+        "--unisock-reset-command",
+        metavar="CMD",
+        help="shell command that makes the deployment lose its channel history and offsets "
+        "(reset checks run just before the drain checks; without it they are not run)",
+    )
+    group.addoption(
         "--unisock-node-url",
         action="append",
         default=[],
@@ -114,6 +122,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         f"{DRAIN_MARKER}: the check drains the deployment, so it runs after every other check",
+    )
+    config.addinivalue_line(
+        "markers",
+        f"{RESET_MARKER}: the check wipes the deployment's history, so it runs after every "
+        "other check except the drain checks",
     )
     url = config.getoption("--unisock-url")
     if not url:
@@ -155,11 +168,19 @@ def _deployment_from_options(config: pytest.Config) -> Deployment:
             seed=int(seed),
             profile=str(config.getoption("--unisock-profile")),
             drain_command=config.getoption("--unisock-drain-command") or None,
+            reset_command=config.getoption("--unisock-reset-command") or None,
             node_urls=tuple(str(url) for url in config.getoption("--unisock-node-url")),
             coalescing_channel=config.getoption("--unisock-coalescing-channel") or None,
         )
     except ValueError as error:
         raise pytest.UsageError(str(error)) from None
+
+
+def _late_order(item: pytest.Item) -> int:
+    """0 for ordinary checks, 1 for reset checks, 2 for drain checks (a stable sort key)."""
+    if item.get_closest_marker(DRAIN_MARKER) is not None:
+        return 2
+    return 1 if item.get_closest_marker(RESET_MARKER) is not None else 0
 
 
 def get_suite(config: pytest.Config) -> Suite | None:
@@ -254,8 +275,9 @@ class Suite:
         return bool(markers.requirements_of(item)) or _in_checks(item)
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        # Draining ends the deployment's service: those checks go last, in their own order.
-        items[:] = sorted(items, key=lambda item: item.get_closest_marker(DRAIN_MARKER) is not None)
+        # Draining ends the deployment's service: those checks go last, in their own order;
+        # a reset wipes history other checks rely on: those go just before them.
+        items[:] = sorted(items, key=_late_order)
         for item in items:
             if self._is_check(item):
                 self.items[item.nodeid] = item

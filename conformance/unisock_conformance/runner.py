@@ -74,6 +74,12 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
         "the drain checks run last (the deployment stops serving) and need it",
     )
     parser.add_argument(
+        "--reset-command",
+        metavar="CMD",
+        help="shell command that makes the deployment lose its channel history and offsets, "
+        "e.g. 'kill -HUP 1234' for the reference server; the epoch checks need it",
+    )
+    parser.add_argument(
         "--node-url",
         action="append",
         default=[],
@@ -125,6 +131,7 @@ def pytest_args(args: argparse.Namespace) -> list[str]:
         "--unisock-seed": args.seed,
         "--unisock-time-scale": args.time_scale,
         "--unisock-drain-command": args.drain_command,
+        "--unisock-reset-command": args.reset_command,
         "--unisock-coalescing-channel": args.coalescing_channel,
     }
     argv += [f"{name}={value}" for name, value in optional.items() if value is not None]

@@ -39,11 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the reference server (in-memory broker)")
+    serve = commands.add_parser(
+        "serve",
+        help="run the reference server (in-memory broker)",
+        description="Run the reference server with the in-memory broker. SIGTERM drains, "
+        "SIGINT stops, SIGHUP discards retained history and starts a new epoch.",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 = any)")
     serve.add_argument("--secret", help="HS256 secret (default: $UNISOCK_SECRET, else generated)")
     serve.add_argument("--config", type=Path, help="TOML file with server settings")
+    serve.add_argument(
+        "--log-level", default="INFO", help="log level of the JSON-lines log on stderr"
+    )
 
     token = commands.add_parser("token", help="print a signed HS256 development token")
     token.add_argument("--secret", required=True, help="the server's HS256 secret")
@@ -132,9 +140,11 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from unisock import logs
     from unisock.server import run_server
     from unisock.settings import load_settings
 
+    logs.configure(args.log_level)  # JSON lines on stderr; tokens never logged (UNI-SEC)
     secret = args.secret or os.environ.get("UNISOCK_SECRET")
     generated = secret is None
     if secret is None:

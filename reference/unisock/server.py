@@ -569,7 +569,10 @@ async def run_server(
     *,
     on_ready: Callable[[str, int], None] | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM; SIGTERM drains first (UNI-CLOSE drain)."""
+    """Serve until SIGINT/SIGTERM; SIGTERM drains first (UNI-CLOSE drain).
+
+    SIGHUP makes the in-memory broker discard its retained history under a new epoch.
+    """
     server = UnisockServer(settings)
     bound_host, bound_port = await server.start(host, port)
     if on_ready is not None:
@@ -580,6 +583,10 @@ async def run_server(
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGTERM, drain.set)
+        broker = server.broker
+        if isinstance(broker, MemoryBroker):
+            # UNI-DEL-8: discarding retained history starts a new epoch (operators, tests).
+            loop.add_signal_handler(signal.SIGHUP, broker.reset)
     waiters = {
         asyncio.create_task(stop.wait()),
         asyncio.create_task(drain.wait()),

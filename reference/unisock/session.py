@@ -974,7 +974,7 @@ class SessionCore:
         gap = Gap(channel=scope[2], epoch=epoch, offset=max(offset, 0), reason=GAP_EPOCH_CHANGED)
         self.pending_gaps.append(encode(gap))
 
-    def take_gaps(self) -> list[Send]:
+    def take_gaps(self) -> list[Action]:
         """Pending epoch-change gaps as actions, clearing them; they precede the next event."""
         gaps, self.pending_gaps = self.pending_gaps, []
         return [Send(frame) for frame in gaps]

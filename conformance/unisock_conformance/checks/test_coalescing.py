@@ -6,19 +6,19 @@ publisher then sends large events; when the reader resumes, every acknowledged o
 be accounted for, delivered or listed in a ``coalesced`` list, and the lists must obey
 UNI-DEL-25 to UNI-DEL-27.
 
-A deployment does not announce which channels coalesce; the spec's example configuration
-coalesces ``tasks.>`` (the channel family of the ``task.updated`` event type), so the checks
-publish there. When nothing coalesces on such a channel the positive checks are graded
-``unimplemented``; the rules about frames that do carry ``coalesced`` are checked whenever
-one appears.
+A deployment does not announce which channels coalesce, so the operator names one
+(``--coalescing-channel``); without it these checks are not run. When nothing coalesces on that
+channel the positive check is graded ``unimplemented``; the rules about frames that do carry
+``coalesced`` are checked whenever one appears.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +27,7 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from unisock_conformance.checks.conftest import User
+from unisock_conformance.checks.test_coalescing_limits import SOCKET_BUFFERS
 from unisock_conformance.deployment import Deployment, Names, ServerInfo, unimplemented
 from unisock_conformance.oracle import json_equal
 
@@ -126,34 +127,79 @@ def _run_stall(
     user: User,
     names: Names,
     server_info: ServerInfo,
+    channel: str,
     keys_for: list[str | None],
 ) -> tuple[list[Frame], list[Frame], dict[int, str | None], list[Frame]]:
-    tenant, channel = names.tenant(), f"tasks.{names.channel()}"
+    tenant = names.tenant()  # a tenant of its own: the channel's history is this check's
     burst = int(server_info.limits.get("publish_rate", {}).get("burst", 100))
-    max_queue = int(server_info.limits.get("max_queue", 1024))
-    count = min(len(keys_for), burst - 2, max_queue - 2)
-    max_bytes = int(server_info.limits.get("max_message_bytes", 65536))
-    pad = "x" * max(100, min(PAYLOAD_BYTES, max_bytes - 2000))
-    publisher = user(tenant, names.user(0))
+    pad = "x" * _pad_bytes(server_info)
     fast = user(tenant, names.user(2))
     fast.subscribe(channel)
     token = deployment.mint(tenant, names.user(1), subscribe=(">",))
     with _stalled_reader(deployment, token, channel) as ws:
-        acks, keys = [], {}
-        for i, key in enumerate(keys_for[:count]):
-            ack = publisher.publish(channel, "test.coalesce", {"i": i, "pad": pad}, key=key)
-            acks.append(ack)
-            keys[ack["offset"]] = key
+        acks = _publish_spread(user, names, tenant, channel, keys_for, pad, burst)
+        keys = {ack["offset"]: key for ack, key in zip(acks, keys_for, strict=True)}
         frames = _drain(ws, channel, acks[-1]["offset"], deployment.timeout(30.0))
     live = fast.wait_events(lambda e: e["channel"] == channel, len(acks))
     return frames, acks, keys, live
 
 
+def _pad_bytes(server_info: ServerInfo) -> int:
+    max_bytes = int(server_info.limits.get("max_message_bytes", 65536))
+    return max(100, min(PAYLOAD_BYTES, max_bytes - 2000))
+
+
+def _publish_spread(
+    user: User,
+    names: Names,
+    tenant: str,
+    channel: str,
+    keys_for: list[str | None],
+    pad: str,
+    burst: int,
+) -> list[Frame]:
+    """Acks of one publish per entry of ``keys_for``, in order.
+
+    At most ``burst - 2`` publishes go over each connection (of its own user), so no publish
+    exceeds the rate the server announced and no per-user connection cap is reached.
+    """
+    acks: list[Frame] = []
+    per_conn = max(1, burst - 2)
+    for start in range(0, len(keys_for), per_conn):
+        publisher = user(tenant, names.user(100 + start // per_conn), subscribe=())
+        batch = [
+            publisher.publish_message(
+                channel, "test.coalesce", {"i": i, "pad": pad}, key=keys_for[i], id=f"q{i}"
+            )
+            for i in range(start, min(len(keys_for), start + per_conn))
+        ]
+        for message in batch:
+            publisher.send(message)
+        for message in batch:
+            reply = publisher.expect(None, where=_reply_to(str(message["id"])))
+            assert reply.get("type") == "ack", f"publish {message['id']} answered {reply}"
+            acks.append(reply)
+        publisher.close()
+    return acks
+
+
+def _reply_to(ident: str) -> Callable[[Frame], bool]:
+    return lambda frame: frame.get("id") == ident
+
+
 @pytest.mark.requirement("UNI-DEL-23", "UNI-DEL-24", "UNI-DEL-25", "UNI-DEL-27")
 def test_server_loses_no_keyless_event_for_a_stalled_reader(
-    deployment: Deployment, user: User, names: Names, server_info: ServerInfo
+    deployment: Deployment,
+    user: User,
+    names: Names,
+    server_info: ServerInfo,
+    coalescing_channel: str,
 ) -> None:
-    frames, acks, keys, _ = _run_stall(deployment, user, names, server_info, [None] * 60)
+    # Fewer events than max_queue: without coalescing the queue must hold them all.
+    count = min(60, int(server_info.limits.get("max_queue", 1024)) - 2)
+    frames, acks, keys, _ = _run_stall(
+        deployment, user, names, server_info, coalescing_channel, [None] * count
+    )
     assert _account(frames, acks, keys) == 0, "keyless events were coalesced"
     assert all("coalesced" not in f for f in frames)
 
@@ -161,11 +207,22 @@ def test_server_loses_no_keyless_event_for_a_stalled_reader(
 @pytest.mark.requirement("UNI-DEL-25", "UNI-DEL-26", "UNI-DEL-27", "UNI-DEL-23")
 @pytest.mark.feature("coalescing")
 def test_server_coalesces_queued_events_with_the_same_key(
-    deployment: Deployment, user: User, names: Names, server_info: ServerInfo
+    deployment: Deployment,
+    user: User,
+    names: Names,
+    server_info: ServerInfo,
+    coalescing_channel: str,
 ) -> None:
-    pattern: list[str | None] = ["k-a", "k-b", None, "k-a", "k-a", "k-b"]
-    keys_for = pattern * 16
-    frames, acks, keys, live = _run_stall(deployment, user, names, server_info, keys_for)
+    # Enough bytes to fill the socket buffers, so events queue on the server; a keyless event
+    # now and then (it must never coalesce), few enough to stay far below max_queue.
+    count = max(96, math.ceil(SOCKET_BUFFERS / _pad_bytes(server_info)) + 16)
+    keyless_every = max(6, count // max(1, int(server_info.limits.get("max_queue", 1024)) // 4))
+    keys_for: list[str | None] = [
+        None if i % keyless_every == 2 else ("k-b" if i % 3 == 1 else "k-a") for i in range(count)
+    ]
+    frames, acks, keys, live = _run_stall(
+        deployment, user, names, server_info, coalescing_channel, keys_for
+    )
     coalesced = _account(frames, acks, keys)
     by_offset = {e["offset"]: e for e in live}
     for frame in frames:
@@ -174,7 +231,7 @@ def test_server_coalesces_queued_events_with_the_same_key(
         assert json_equal(plain, original), "UNI-DEL-26: coalesced frame differs otherwise"
     assert all("coalesced" not in e for e in live), "UNI-DEL-25: a reader that kept up coalesced"
     if coalesced == 0:
-        unimplemented("no tasks.* channel coalesced for a stalled reader on this deployment")
+        unimplemented(f"{coalescing_channel} did not coalesce for a stalled reader")
     last_by_key: dict[str, int] = {}
     for frame in frames:
         key = keys[frame["offset"]]
