@@ -739,6 +739,10 @@ def coverage_page(report_path: Path) -> str:
             f"{counts['MAY']} MAY.\n\n" + "\n".join(rows) + "\n"
         )
     report = _load(report_path)
+    if isinstance(report.get("requirements"), list):
+        client_path = report_path.with_name("client-conformance-report.json")
+        client = _load(client_path) if client_path.is_file() else None
+        return head + _graded_coverage(live, report, client)
     results = _report_results(report)
     by_id: dict[str, list[dict[str, Any]]] = {}
     for result in results:
@@ -764,6 +768,61 @@ def coverage_page(report_path: Path) -> str:
     return head + (
         ("\n".join(meta) + "\n\n" if meta else "")
         + f"{len(results)} tests; {untested_must} MUST requirements without a test.\n\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+
+
+def _graded_coverage(
+    live: list[Mapping[str, Any]],
+    server: Mapping[str, Any],
+    client: Mapping[str, Any] | None,
+) -> str:
+    """Per-requirement outcomes from the suites' own reports (server, and client if present).
+
+    A server run grades client-role requirements ``not-applicable``; the client suite's report,
+    when recorded, supplies those.
+    """
+    graded = {entry["id"]: entry for entry in server["requirements"]}
+    if client is not None:
+        for entry in client.get("requirements", []):
+            if entry.get("role") == "client" or graded.get(entry["id"], {}).get("outcome") in (
+                None,
+                "not-applicable",
+                "untested",
+            ):
+                graded[entry["id"]] = entry
+    rows = ["| Requirement | Level | Role | Checks | Outcome |", "|---|---|---|---|---|"]
+    tally: dict[str, int] = {}
+    for entry in live:
+        found = graded.get(entry["id"], {})
+        outcome = str(found.get("outcome", "untested"))
+        if entry["level"] == "MUST":
+            tally[outcome] = tally.get(outcome, 0) + 1
+        tests = [
+            str(t) if not isinstance(t, Mapping) else str(t.get("nodeid") or t.get("name"))
+            for t in found.get("tests", [])
+        ]
+        names = "<br>".join(f"`{_cell(name)}`" for name in tests[:6]) or "—"
+        if len(tests) > 6:
+            names += f"<br>and {len(tests) - 6} more"
+        rows.append(
+            f"| [`{entry['id']}`](../spec/{entry['section']}.md) | {entry['level']} | "
+            f"{entry['role']} | {names} | {outcome} |"
+        )
+    target = server.get("target", {})
+    url = target.get("url", "?") if isinstance(target, Mapping) else target
+    run = server.get("run", {})
+    runs = [
+        f"- **server suite:** `{_cell(str(url))}`, seed {run.get('seed', '?')}, "
+        f"profile {run.get('profile', '?')}"
+    ]
+    if client is not None:
+        runs.append("- **client suite:** the reference client through `unisock client-adapter`")
+    summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(tally.items()))
+    return (
+        "\n".join(runs)
+        + f"\n\nMUST requirements by outcome: {summary}.\n\n"
         + "\n".join(rows)
         + "\n"
     )
