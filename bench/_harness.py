@@ -28,7 +28,7 @@ import statistics
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -680,6 +680,45 @@ def wait_until(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
         time.sleep(poll)
+
+
+def prepare_run(
+    parser: Any, args: Any, scenarios: Mapping[str, Any]
+) -> tuple[list[str], dict[str, Any]]:
+    """Validate ``--scenarios``, raise the fd limit and pin the driver: the shared preamble.
+
+    Returns the scenario names to run and the machine description for the results file.
+    """
+    names = [n for n in args.scenarios.split(",") if n]
+    unknown = set(names) - set(scenarios)
+    if unknown:
+        parser.error(f"unknown scenarios: {sorted(unknown)}")
+    raise_fd_limit()
+    machine = machine_info()
+    args.server_cores, args.client_cores = core_layout()
+    pin(args.client_cores)
+    return names, machine
+
+
+def repeat_scenarios(
+    names: Sequence[str],
+    repeat: int,
+    run: Callable[[str], dict[str, Any]],
+    describe: Callable[[dict[str, Any]], str],
+) -> dict[str, list[dict[str, Any]]]:
+    """Run every scenario ``repeat`` times, interleaved, printing one line per run.
+
+    Interleaving means drifts in machine load hit every scenario alike, which is what makes
+    the same-run ratios meaningful.
+    """
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    width = max(len(name) for name in names)
+    for index in range(repeat):
+        for name in names:
+            result = run(name)
+            runs[name].append(result)
+            print(f"run {index + 1}/{repeat} {name:{width}s} {describe(result)}", flush=True)
+    return runs
 
 
 def write_results(out: Path, name: str, data: dict[str, Any], markdown: str) -> tuple[Path, Path]:

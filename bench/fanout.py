@@ -247,27 +247,17 @@ def main(argv: list[str] | None = None) -> int:
         help="after the runs, profile one unisock run with cProfile (not counted)",
     )
     args = parser.parse_args(argv)
-    names = [n for n in args.scenarios.split(",") if n]
-    unknown = set(names) - set(SCENARIOS)
-    if unknown:
-        parser.error(f"unknown scenarios: {sorted(unknown)}")
     args.chunk = max(1, min(args.chunk, args.window))
-    h.raise_fd_limit()
-    machine = h.machine_info()
-    args.server_cores, args.client_cores = h.core_layout()
-    h.pin(args.client_cores)
-
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    for repeat in range(args.repeat):
-        for name in names:
-            result = run_scenario(name, args)
-            runs[name].append(result)
-            print(
-                f"run {repeat + 1}/{args.repeat} {name:15s} "
-                f"{result['cpu_s_per_million_deliveries']:8.3f} s CPU / 1M deliveries "
-                f"({result['server_cpu_s']:.2f} s CPU, {result['wall_s']:.2f} s wall)",
-                flush=True,
-            )
+    names, machine = h.prepare_run(parser, args, SCENARIOS)
+    runs = h.repeat_scenarios(
+        names,
+        args.repeat,
+        lambda name: run_scenario(name, args),
+        lambda result: (
+            f"{result['cpu_s_per_million_deliveries']:8.3f} s CPU / 1M deliveries "
+            f"({result['server_cpu_s']:.2f} s CPU, {result['wall_s']:.2f} s wall)"
+        ),
+    )
     scenarios: dict[str, dict[str, Any]] = {
         name: {
             "description": SCENARIOS[name][1],

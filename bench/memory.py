@@ -152,26 +152,16 @@ def main(argv: list[str] | None = None) -> int:
         "--scenarios", default=",".join(SCENARIOS), help="comma-separated subset to run"
     )
     args = parser.parse_args(argv)
-    names = [n for n in args.scenarios.split(",") if n]
-    unknown = set(names) - set(SCENARIOS)
-    if unknown:
-        parser.error(f"unknown scenarios: {sorted(unknown)}")
-    h.raise_fd_limit()
-    machine = h.machine_info()
-    args.server_cores, args.client_cores = h.core_layout()
-    h.pin(args.client_cores)
-
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    for repeat in range(args.repeat):
-        for name in names:
-            result = run_scenario(name, args)
-            runs[name].append(result)
-            print(
-                f"run {repeat + 1}/{args.repeat} {name:8s} "
-                f"{result['kib_per_connection']:7.2f} KiB / connection "
-                f"(RSS {result['rss_0_kib']} -> {result['rss_n_kib']} KiB)",
-                flush=True,
-            )
+    names, machine = h.prepare_run(parser, args, SCENARIOS)
+    runs = h.repeat_scenarios(
+        names,
+        args.repeat,
+        lambda name: run_scenario(name, args),
+        lambda result: (
+            f"{result['kib_per_connection']:7.2f} KiB / connection "
+            f"(RSS {result['rss_0_kib']} -> {result['rss_n_kib']} KiB)"
+        ),
+    )
     scenarios: dict[str, dict[str, Any]] = {
         name: {
             "description": SCENARIOS[name][1],
