@@ -31,7 +31,7 @@ docs: setup
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 pytest: setup browser
-	UNISOCK_REQUIRE_BROWSER=1 $(PY) -m pytest
+	UNISOCK_REQUIRE_BROWSER=1 UNISOCK_REQUIRE_REDIS=1 $(PY) -m pytest
 
 test: lint typecheck docs pytest
 

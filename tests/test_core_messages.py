@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from unisock.broker import ChannelKey, Position, PublishRecord
-from unisock.closecodes import close_name
+from unisock.closecodes import close_name, parse_close_reason
 from unisock.errors import (
     AuthFailed,
     CloseError,
@@ -27,6 +27,7 @@ from unisock.errors import (
     ReplyError,
     RequestError,
     ServiceError,
+    ServiceRestart,
     Unavailable,
     UnisockError,
     UnknownType,
@@ -569,9 +570,16 @@ def test_close_errors_carry_registry_codes_and_names() -> None:
         4201: "heartbeat_timeout",
         1009: "message_too_big",
         1003: "unsupported_data",
+        1012: "service_restart",
     }
     for code, name in found.items():
         assert close_name(code) == name
+
+
+def test_service_restart_reason_carries_its_window() -> None:
+    reason = ServiceRestart(window_ms=3000).close_reason()
+    assert reason == "service_restart;window_ms=3000"
+    assert parse_close_reason(reason).window_ms == 3000
 
 
 def test_close_reason_carries_retry_after_when_given() -> None:

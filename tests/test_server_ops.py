@@ -18,12 +18,12 @@ async def test_server_reports_healthy_until_it_drains() -> None:
     """/healthz is 200 while serving and 503 once draining; new handshakes are turned away."""
     async with running_server() as h:
         status, body = await h.get("/healthz")
-        assert (status, json.loads(body)) == (200, {"status": "ok"})
+        assert (status, json.loads(body)) == (200, {"status": "ok", "broker": "ok"})
         client = await h.connect()
         drain = asyncio.create_task(h.server.drain(200))
         await client.expect_next("drain", window_ms=200)
         status, body = await h.get("/healthz")
-        assert (status, json.loads(body)) == (503, {"status": "draining"})
+        assert (status, json.loads(body)) == (503, {"status": "draining", "broker": "ok"})
         with pytest.raises(InvalidStatus) as refused:
             await h.open()
         assert refused.value.response.status_code == 503

@@ -22,6 +22,7 @@ __all__ = [
     "ChannelKey",
     "EventListener",
     "FrameEncoder",
+    "LossListener",
     "Position",
     "PublishRecord",
     "PublishResult",
@@ -137,6 +138,7 @@ class Replay:
 
 EventListener = Callable[[StoredEvent], None]
 SupersedeListener = Callable[[str], None]
+LossListener = Callable[[], None]
 FrameEncoder = Callable[[PublishRecord, str, int, int], str]
 
 
@@ -191,6 +193,15 @@ class Broker(Protocol):
 
     def add_listener(self, listener: EventListener) -> None:
         """Receive every sequenced event (from any node), in offset order per channel."""
+        ...
+
+    def add_loss_listener(self, listener: LossListener) -> None:
+        """Be told when this node may have missed events it can no longer hand to listeners
+        (a shared store dropped them before the node read them); never for one process."""
+        ...
+
+    def reachable(self) -> bool:
+        """Whether the backing store answered recently (the health endpoint reports it)."""
         ...
 
     async def register_connection(

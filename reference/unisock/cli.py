@@ -41,14 +41,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve",
-        help="run the reference server (in-memory broker)",
-        description="Run the reference server with the in-memory broker. SIGTERM drains, "
-        "SIGINT stops, SIGHUP discards retained history and starts a new epoch.",
+        help="run the reference server (in-memory broker, or Redis for several nodes)",
+        description="Run the reference server, with the embedded in-memory broker or, for a "
+        "cluster of nodes, Redis. SIGTERM drains, SIGINT stops, SIGHUP discards retained "
+        "history and starts a new epoch.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 = any)")
     serve.add_argument("--secret", help="HS256 secret (default: $UNISOCK_SECRET, else generated)")
     serve.add_argument("--config", type=Path, help="TOML file with server settings")
+    serve.add_argument(
+        "--broker",
+        metavar="URL",
+        help="'memory' (default) or redis://HOST:PORT/DB shared by every node of a cluster "
+        "(overrides the config file's broker)",
+    )
+    serve.add_argument(
+        "--broker-prefix",
+        metavar="PREFIX",
+        help="prefix of every Redis key, for deployments sharing one Redis (default unisock:)",
+    )
     serve.add_argument(
         "--log-level", default="INFO", help="log level of the JSON-lines log on stderr"
     )
@@ -150,6 +162,12 @@ def _serve(args: argparse.Namespace) -> int:
     if secret is None:
         secret = secrets.token_urlsafe(32)
     settings = load_settings(args.config, secret=secret)
+    overrides = {"broker": args.broker, "broker_key_prefix": args.broker_prefix}
+    chosen = {name: value for name, value in overrides.items() if value is not None}
+    if chosen:
+        settings = dataclasses.replace(
+            settings, server=dataclasses.replace(settings.server, **chosen)
+        )
 
     def ready(host: str, port: int) -> None:
         url = f"ws://{host}:{port}/"

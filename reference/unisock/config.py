@@ -23,6 +23,7 @@ FEATURES = ("coalescing", "system_namespace", "typed_events")
 
 RegistryMode = Literal["open", "strict"]
 
+_BROKER_SCHEMES = ("redis://", "rediss://", "unix://")
 _POSITIVE = (
     "heartbeat_interval_ms",
     "heartbeat_timeout_ms",
@@ -85,6 +86,11 @@ class ServerConfig:
     drain_window_ms: int = 30_000
     """Default window clients spread their reconnects over when this node drains."""
     node_name: str = "unisock"
+    broker: str = "memory"
+    """``memory`` (one process, the default) or a Redis URL ``redis://HOST:PORT/DB`` that
+    several nodes share (``rediss://`` for TLS, ``unix://`` for a socket)."""
+    broker_key_prefix: str = "unisock:"
+    """Prefix of every Redis key, so that several deployments can share one Redis."""
 
     def __post_init__(self) -> None:
         for name in _POSITIVE:
@@ -102,6 +108,10 @@ class ServerConfig:
                 raise ValueError(f"unknown feature {feature!r}")
         for text in self.coalescing_channels:
             parse_pattern(text)
+        if self.broker != "memory" and not self.broker.startswith(_BROKER_SCHEMES):
+            raise ValueError("broker must be 'memory' or a redis://, rediss:// or unix:// URL")
+        if not self.broker_key_prefix:
+            raise ValueError("broker_key_prefix must not be empty")
 
     def coalescing_patterns(self) -> tuple[Pattern, ...]:
         """The parsed coalescing patterns (validated at construction)."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from unisock.closecodes import format_close_reason
+
 __all__ = [
     "AlreadyAuthenticated",
     "AlreadySubscribed",
@@ -36,6 +38,7 @@ __all__ = [
     "ReplyError",
     "RequestError",
     "ServiceError",
+    "ServiceRestart",
     "SlowConsumer",
     "SubscriptionLimit",
     "TokenExpired",
@@ -147,6 +150,21 @@ class UnsupportedData(CloseError):
 
     close_code = 1003
     close_name = "unsupported_data"
+
+
+class ServiceRestart(CloseError):
+    """This node can no longer vouch for what it delivered (it missed events its broker no
+    longer holds): the client reconnects within ``window_ms`` and resumes (UNI-ERR-17)."""
+
+    close_code = 1012
+    close_name = "service_restart"
+
+    def __init__(self, message: str = "", *, window_ms: int) -> None:
+        super().__init__(message)
+        self.window_ms = window_ms
+
+    def close_reason(self) -> str:
+        return format_close_reason(self.close_name, window_ms=self.window_ms)
 
 
 # --- errors that become an `error` message ----------------------------------------------------

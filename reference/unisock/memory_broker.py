@@ -21,6 +21,7 @@ from unisock.broker import (
     ChannelKey,
     EventListener,
     FrameEncoder,
+    LossListener,
     Position,
     PublishRecord,
     PublishResult,
@@ -285,6 +286,13 @@ class MemoryBroker:
     def add_listener(self, listener: EventListener) -> None:
         """Receive every event, synchronously inside ``publish``, in offset order per channel."""
         self._listeners = (*self._listeners, listener)
+
+    def add_loss_listener(self, listener: LossListener) -> None:
+        """Never called: listeners get every event inside ``publish``, nothing can be missed."""
+
+    def reachable(self) -> bool:
+        """Always: the history lives in this process."""
+        return not self._closed
 
     # -- sessions ---------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -31,11 +31,12 @@ from websockets.server import ServerProtocol
 from unisock._version import PROTOCOL_TOKEN
 from unisock.auth import TokenVerifier
 from unisock.broker import Broker, ChannelKey, PublishResult, StoredEvent
+from unisock.brokers import build_broker
 from unisock.closecodes import close_name
 from unisock.config import EventTypeRegistry, ServerConfig
-from unisock.errors import Unavailable
+from unisock.errors import ServiceRestart, Unavailable
 from unisock.memory_broker import MemoryBroker
-from unisock.messages import add_coalesced, encode_event_frame
+from unisock.messages import add_coalesced
 from unisock.metrics import Metrics
 from unisock.session import (
     Action,
@@ -54,6 +55,9 @@ from unisock.session import (
 )
 from unisock.settings import Settings
 from unisock.wsframe import text_frame
+
+if TYPE_CHECKING:
+    from unisock.redis_broker import RedisBroker
 
 __all__ = ["UnisockServer", "run_server"]
 
@@ -177,13 +181,7 @@ class UnisockServer:
         self.verifier = TokenVerifier(settings.auth)
         self.registry = EventTypeRegistry.from_config(self.config)
         self.clock = clock
-        self.broker: Broker = broker or MemoryBroker(
-            history_max_count=self.config.history_max_count,
-            history_max_age_ms=self.config.history_max_age_ms,
-            dedup_window_ms=self.config.dedup_window_ms,
-            clock=clock,
-            encode_frame=encode_event_frame,
-        )
+        self.broker: Broker = broker or build_broker(self.config, clock)
         self.metrics = Metrics()
         self.conns: dict[str, _Conn] = {}
         self.index = _Index()
@@ -192,6 +190,7 @@ class UnisockServer:
         self._server: Server | None = None
         self.broker.add_listener(self._on_event)
         self.broker.add_supersede_listener(self._on_supersede)
+        self.broker.add_loss_listener(self._on_loss)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -239,9 +238,7 @@ class UnisockServer:
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
-            status = HTTPStatus.SERVICE_UNAVAILABLE if self.draining else HTTPStatus.OK
-            body = json.dumps({"status": "draining" if self.draining else "ok"}) + "\n"
-            return connection.respond(status, body)
+            return connection.respond(*self._health())
         if path == "/metrics":
             response = connection.respond(HTTPStatus.OK, self.metrics.render().decode())
             response.headers["Content-Type"] = "text/plain; version=0.0.4"
@@ -252,6 +249,15 @@ class UnisockServer:
         if not self.config.origin_allowed(origin):
             return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")  # UNI-SEC
         return None
+
+    def _health(self) -> tuple[HTTPStatus, str]:
+        """200 only while serving with a reachable broker, so load balancers route around a
+        node that drains or cannot reach Redis; the broker's state is reported either way."""
+        reachable = self.broker.reachable()
+        status = "draining" if self.draining else "ok" if reachable else "unavailable"
+        code = HTTPStatus.OK if status == "ok" else HTTPStatus.SERVICE_UNAVAILABLE
+        body = {"status": status, "broker": "ok" if reachable else "unreachable"}
+        return code, json.dumps(body) + "\n"
 
     # -- one connection ------------------------------------------------------------------------
 
@@ -561,6 +567,35 @@ class UnisockServer:
         if conn is not None:
             self._apply_sync(conn, conn.core.superseded())  # UNI-SESS: close 4001
 
+    def _on_loss(self) -> None:
+        """This node missed events its broker no longer holds: every connection closes with
+        1012 at once, and its client resumes elsewhere or here, getting the events or an
+        explicit gap (UNI-DEL-23, UNI-ERR-17)."""
+        error = ServiceRestart(window_ms=self.config.drain_window_ms)
+        for conn in list(self.conns.values()):
+            self._apply_sync(conn, conn.core.abort(error))
+
+
+def _reset_later(broker: RedisBroker) -> None:
+    async def reset() -> None:
+        try:
+            await broker.reset()
+        except Exception:
+            log.exception("history reset failed")
+
+    task = asyncio.get_running_loop().create_task(reset())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _redis_broker_class() -> type[RedisBroker]:
+    from unisock.redis_broker import RedisBroker  # only deployments on Redis import redis-py
+
+    return RedisBroker
+
 
 async def run_server(
     settings: Settings,
@@ -571,7 +606,7 @@ async def run_server(
 ) -> None:
     """Serve until SIGINT/SIGTERM; SIGTERM drains first (UNI-CLOSE drain).
 
-    SIGHUP makes the in-memory broker discard its retained history under a new epoch.
+    SIGHUP makes the broker discard its retained history under a new epoch.
     """
     server = UnisockServer(settings)
     bound_host, bound_port = await server.start(host, port)
@@ -587,6 +622,8 @@ async def run_server(
         if isinstance(broker, MemoryBroker):
             # UNI-DEL-8: discarding retained history starts a new epoch (operators, tests).
             loop.add_signal_handler(signal.SIGHUP, broker.reset)
+        elif isinstance(broker, _redis_broker_class()):
+            loop.add_signal_handler(signal.SIGHUP, _reset_later, broker)
     waiters = {
         asyncio.create_task(stop.wait()),
         asyncio.create_task(drain.wait()),

@@ -1,0 +1,262 @@
+-- The Redis broker's server side: every operation that must be atomic is one call of this
+-- script (EVALSHA), so a publish is one round trip (UNI-PUB: an ack means sequenced and stored).
+--
+-- ARGV[1] names the operation, ARGV[2] is the clock (ms, or -1 for Redis TIME), ARGV[3] a fresh
+-- random generation candidate from the caller. KEYS[1] is always the generation hash.
+--
+-- Layout (P = key prefix, C = channel id, see redis_keys.py):
+--   P gen          hash  g = generation (the epoch of every channel), r = Redis run_id it was made on
+--   P seq          counter of fan-out entries
+--   P fan          stream every node tails: events and supersede notices, in sequencing order
+--   P c:C:m        hash  e = epoch, n = head offset, t = last ts, y = ts of the last evicted event
+--   P c:C:h        stream of retained events, ID = <ts>-<offset>, field r = the record
+--   P c:C:d:<id>   dedup record "<epoch> <offset> <ts> <expires>"
+--   P s:<scope>    zset of channel ids by last ts (channels with retained history per scope)
+--   P u:<t>:<sub>  list of "<connection>\t<node>\t<sid>" in authentication order (UNI-SESS)
+--   P node:<id>    liveness of a node; its connections stop counting when it expires
+
+local op = ARGV[1]
+
+local function clock()
+  local n = tonumber(ARGV[2])
+  if n >= 0 then return n end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function int(n)
+  return string.format('%d', n)
+end
+
+-- The generation names one unbroken history of this Redis. A Redis that restarted (or failed
+-- over to a replica) may have come back with less than it acknowledged, so a new run_id starts
+-- a new generation: offsets are never reused under an epoch clients already hold (UNI-DEL-8).
+local function generation()
+  local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  local cur = redis.call('HMGET', KEYS[1], 'g', 'r')
+  if cur[1] and cur[2] == run then return cur[1] end
+  redis.call('HSET', KEYS[1], 'g', ARGV[3], 'r', run)
+  return ARGV[3]
+end
+
+-- The channel's state, or a fresh one when it has none in this generation.
+local function channel(meta, hist, gen)
+  local m = redis.call('HMGET', meta, 'e', 'n', 't')
+  if m[1] == gen then return tonumber(m[2]), tonumber(m[3]) end
+  if m[1] then
+    redis.call('DEL', meta, hist)  -- state of an older generation: gone for good
+  end
+  return 0, 0
+end
+
+local function split_id(id)
+  local ts, offset = string.match(id, '^(%d+)%-(%d+)$')
+  return tonumber(ts), tonumber(offset)
+end
+
+-- Trim by count and by age (UNI-DEL-22 keeps at least these), remembering the ts of the newest
+-- evicted event so that "since" replay can tell whether it lost something.
+local function evict(meta, hist, now, max_count, max_age)
+  local last = nil
+  local len = redis.call('XLEN', hist)
+  if len > max_count then
+    local old = redis.call('XRANGE', hist, '-', '+', 'COUNT', len - max_count)
+    last = old[#old][1]
+    redis.call('XTRIM', hist, 'MAXLEN', max_count)
+  end
+  local cutoff = now - max_age + 1  -- keep ts > now - max_age
+  if cutoff > 0 then
+    local aged = redis.call('XREVRANGE', hist, '(' .. int(cutoff) .. '-0', '-', 'COUNT', 1)
+    if aged[1] then
+      last = aged[1][1]
+      redis.call('XTRIM', hist, 'MINID', int(cutoff) .. '-0')
+    end
+  end
+  if last then
+    local ts = split_id(last)
+    redis.call('HSET', meta, 'y', int(ts))
+  end
+end
+
+-- The offset of the oldest retained event minus one: replay from below it would skip events.
+local function evicted_offset(hist, head)
+  local first = redis.call('XRANGE', hist, '-', '+', 'COUNT', 1)
+  if first[1] then
+    local _, offset = split_id(first[1][1])
+    return offset - 1
+  end
+  return head
+end
+
+local function dedup_hit(dedup, gen, now)
+  local d = redis.call('GET', dedup)
+  if not d then return nil end
+  local epoch, offset, ts, expires = string.match(d, '^(%S+) (%d+) (%d+) (%d+)$')
+  if epoch ~= gen or now >= tonumber(expires) then return nil end
+  return {epoch, offset, ts}
+end
+
+local function original(hist, hit)
+  local id = hit[3] .. '-' .. hit[2]
+  local got = redis.call('XRANGE', hist, id, id)
+  if got[1] then return got[1][2][2] end
+  return false  -- trimmed: the caller answers with the retry's record and the original position
+end
+
+if op == 'publish' then
+  -- KEYS: gen meta hist dedup seq fan scope
+  -- ARGV: op now cand record max_count max_age dedup_ms fan_max cid hist_ttl_ms
+  local now = clock()
+  local gen = generation()
+  local meta, hist, dedup = KEYS[2], KEYS[3], KEYS[4]
+  local head, last_ts = channel(meta, hist, gen)
+  local hit = dedup_hit(dedup, gen, now)
+  if hit then
+    return {1, hit[1], tonumber(hit[2]), tonumber(hit[3]), original(hist, hit)}
+  end
+  local max_count, max_age = tonumber(ARGV[5]), tonumber(ARGV[6])
+  local offset = head + 1
+  local ts = math.max(now, last_ts)  -- never backwards on a channel
+  redis.call('XADD', hist, int(ts) .. '-' .. int(offset), 'r', ARGV[4])
+  redis.call('HSET', meta, 'e', gen, 'n', int(offset), 't', int(ts))
+  evict(meta, hist, now, max_count, max_age)
+  local hist_ttl = tonumber(ARGV[10])
+  redis.call('PEXPIRE', hist, hist_ttl)
+  local dedup_ms = tonumber(ARGV[7])
+  if dedup_ms > 0 then
+    local value = gen .. ' ' .. int(offset) .. ' ' .. int(ts) .. ' ' .. int(now + dedup_ms)
+    redis.call('SET', dedup, value, 'PX', dedup_ms + 60000)
+  end
+  redis.call('ZADD', KEYS[7], int(ts), ARGV[9])
+  redis.call('PEXPIRE', KEYS[7], hist_ttl)
+  local q = redis.call('INCR', KEYS[5])
+  local pos = int(q) .. ' ' .. gen .. ' ' .. int(offset) .. ' ' .. int(ts)
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[8], '*', 'p', pos, 'k', ARGV[9], 'r', ARGV[4])
+  return {0, gen, offset, ts}
+end
+
+if op == 'find' then
+  -- KEYS: gen meta hist dedup
+  local gen = generation()
+  local hit = dedup_hit(KEYS[4], gen, clock())
+  if not hit then return false end
+  return {1, hit[1], tonumber(hit[2]), tonumber(hit[3]), original(KEYS[3], hit)}
+end
+
+if op == 'head' then
+  -- KEYS: gen meta hist
+  local gen = generation()
+  local head = channel(KEYS[2], KEYS[3], gen)
+  return {gen, head}
+end
+
+if op == 'replay' then
+  -- KEYS: gen meta hist; ARGV: op now cand epoch offset max_count max_age
+  local now = clock()
+  local gen = generation()
+  local meta, hist = KEYS[2], KEYS[3]
+  local head = channel(meta, hist, gen)
+  local after = tonumber(ARGV[5])
+  if ARGV[4] ~= gen then return {gen, head, 'epoch_changed'} end
+  if after > head or after < 0 then return {gen, head, 'position_invalid'} end
+  if after == head then return {gen, head, false, {}} end
+  evict(meta, hist, now, tonumber(ARGV[6]), tonumber(ARGV[7]))
+  if after < evicted_offset(hist, head) then return {gen, head, 'window_exceeded'} end
+  return {gen, head, false, redis.call('XREVRANGE', hist, '+', '-', 'COUNT', head - after)}
+end
+
+if op == 'since' then
+  -- KEYS: gen meta hist; ARGV: op now cand since max_count max_age
+  local now = clock()
+  local gen = generation()
+  local meta, hist = KEYS[2], KEYS[3]
+  local head = channel(meta, hist, gen)
+  if head == 0 then return {gen, 0, false, {}} end
+  evict(meta, hist, now, tonumber(ARGV[5]), tonumber(ARGV[6]))
+  local since = tonumber(ARGV[4])
+  if evicted_offset(hist, head) > 0 then
+    -- Something was evicted; with nothing retained the newest evicted event is the head.
+    local evicted_ts = tonumber(redis.call('HGET', meta, 'y'))
+    if redis.call('EXISTS', hist) == 0 then evicted_ts = tonumber(redis.call('HGET', meta, 't')) end
+    if evicted_ts and evicted_ts >= since then return {gen, head, 'window_exceeded'} end
+  end
+  return {gen, head, false, redis.call('XRANGE', hist, int(since) .. '-0', '+')}
+end
+
+if op == 'channels' then
+  -- KEYS: gen scope; ARGV: op now cand max_age max_count prefix
+  local now = clock()
+  local gen = generation()
+  if tonumber(ARGV[5]) == 0 then return {} end
+  local cutoff = now - tonumber(ARGV[4])
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', cutoff)
+  local found = {}
+  for _, cid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. int(cutoff), '+inf')) do
+    if redis.call('HGET', ARGV[6] .. 'c:' .. cid .. ':m', 'e') == gen then
+      table.insert(found, cid)
+    end
+  end
+  return found
+end
+
+if op == 'register' then
+  -- KEYS: gen user seq fan
+  -- ARGV: op now cand connection node sid max node_prefix ttl restore fan_max
+  -- sid is '' without one, else '=' .. sid, so that no sid ever equals the empty one
+  local gen = generation()
+  local user, connection, sid = KEYS[2], ARGV[4], ARGV[6]
+  local restore = ARGV[10] == '1'
+  local alive = {}
+  local keep, superseded = {}, {}
+  local mine = connection .. '\t' .. ARGV[5] .. '\t' .. sid
+  for _, entry in ipairs(redis.call('LRANGE', user, 0, -1)) do
+    local cid, node, esid = string.match(entry, '^([^\t]*)\t([^\t]*)\t(.*)$')
+    if alive[node] == nil then
+      alive[node] = redis.call('EXISTS', ARGV[8] .. node) == 1
+    end
+    if cid == connection or not alive[node] then
+      -- the same registration again, or a connection of a node that died: forget it
+    elseif sid ~= '' and esid == sid then
+      if restore then
+        -- A newer connection took the session while this node was cut off: it keeps it.
+        superseded = {connection}
+        mine = nil
+        table.insert(keep, entry)
+      else
+        table.insert(superseded, cid)  -- UNI-SESS-6
+      end
+    else
+      table.insert(keep, entry)
+    end
+  end
+  if mine and not restore then
+    local overflow = #keep + 1 - math.max(tonumber(ARGV[7]), 1)
+    for i = 1, overflow do table.insert(superseded, string.match(keep[i], '^([^\t]*)')) end
+    if overflow > 0 then
+      local rest = {}
+      for i = overflow + 1, #keep do table.insert(rest, keep[i]) end
+      keep = rest  -- UNI-SESS-11: the oldest go, after the session rule (UNI-SESS-13)
+    end
+  end
+  if mine then table.insert(keep, mine) end
+  redis.call('DEL', user)
+  if #keep > 0 then
+    redis.call('RPUSH', user, unpack(keep))
+    redis.call('PEXPIRE', user, tonumber(ARGV[9]))
+  end
+  if #superseded > 0 then
+    local q = redis.call('INCR', KEYS[3])
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[11], '*',
+      'p', int(q) .. ' ' .. gen, 's', table.concat(superseded, ' '))
+  end
+  return superseded
+end
+
+if op == 'reset' then
+  -- Discard every channel's history and offsets: a new generation (UNI-DEL-8).
+  local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  redis.call('HSET', KEYS[1], 'g', ARGV[3], 'r', run)
+  return ARGV[3]
+end
+
+return redis.error_reply('unknown operation ' .. tostring(op))

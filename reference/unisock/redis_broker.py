@@ -1,0 +1,524 @@
+"""The Redis broker: several server nodes share channels, history, resume and sessions.
+
+Every operation that must be atomic is one call of ``lua/broker.lua``; a publish in particular
+is one round trip that assigns the offset, appends to history, records the dedup key and
+appends the event to the fan-out stream that every node tails (see the layout in that file).
+
+Each node reads the fan-out stream once, whatever its number of local subscribers, and frames
+each event once: the first of the publish reply and the fan-out entry to arrive encodes the
+frame, the other finds it in a small cache, and so does replay. Listeners are called only from
+the fan-out stream, in its order, so events reach them in offset order per channel (UNI-DEL-14)
+whichever node sequenced them.
+
+A fan-out stream can be read again after a lost connection, unlike Redis pub/sub, so a node that
+was cut off catches up on what it missed; if Redis trimmed entries before the node read them,
+the loss listeners are told, and the server asks its clients to reconnect and resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import Callable
+from importlib import resources
+from typing import Any, Final
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from unisock.broker import (
+    ChannelKey,
+    EventListener,
+    FrameEncoder,
+    LossListener,
+    Position,
+    PublishRecord,
+    PublishResult,
+    Replay,
+    StoredEvent,
+    SupersedeListener,
+)
+from unisock.redis_keys import (
+    KeyLayout,
+    channel_id,
+    decode_record,
+    encode_record,
+    parse_channel_id,
+    scope_id,
+    scope_of,
+)
+
+__all__ = ["DEFAULT_PREFIX", "RedisBroker"]
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX: Final = "unisock:"
+_LUA: Final = resources.files("unisock").joinpath("lua/broker.lua").read_text(encoding="utf-8")
+_BLOCK_MS: Final = 1000
+"""How long one fan-out read waits for entries; also how often reachability is re-checked."""
+_READ_BATCH: Final = 500
+_HISTORY_GRACE_MS: Final = 60_000
+"""An idle channel's history key outlives its age window by this much, then Redis drops it."""
+_USER_TTL_MS: Final = 7 * 24 * 3600 * 1000
+"""A user's connection list is dropped after a week without a new connection of that user."""
+_NAMESPACES: Final = frozenset({"tenant", "$me", "$sys"})
+_Cached = tuple[str, str, int]
+
+
+def _candidate() -> str:
+    """A fresh generation name; 64 random bits make a repeat across restarts negligible."""
+    return "r-" + os.urandom(8).hex()
+
+
+def _default_encoder() -> FrameEncoder:
+    from unisock.messages import encode_event_frame
+
+    return encode_event_frame
+
+
+def _split_id(entry_id: str) -> tuple[int, int]:
+    ts, offset = entry_id.split("-")
+    return int(ts), int(offset)
+
+
+class RedisBroker:
+    """A :class:`~unisock.broker.Broker` on Redis (7.0 or newer, one primary).
+
+    ``clock`` defaults to Redis's own clock, so every node stamps ``ts`` and ages history by one
+    clock; tests inject a manual one.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        history_max_count: int = 1000,
+        history_max_age_ms: int = 300_000,
+        dedup_window_ms: int = 120_000,
+        clock: Callable[[], int] | None = None,
+        encode_frame: FrameEncoder | None = None,
+        fanout_max_len: int = 100_000,
+        node_ttl_ms: int = 10_000,
+        timeout_ms: int = 2_000,
+        event_cache_size: int = 10_000,
+    ) -> None:
+        if history_max_count < 0 or history_max_age_ms < 0 or dedup_window_ms < 0:
+            raise ValueError("history and dedup limits must not be negative")
+        if not prefix:
+            raise ValueError("the key prefix must not be empty")
+        self.url = url
+        self.keys = KeyLayout(prefix)
+        self.node_id = uuid.uuid4().hex[:16]
+        self._max_count = history_max_count
+        self._max_age = history_max_age_ms
+        self._dedup_window = dedup_window_ms
+        self._clock = clock
+        self._encode = encode_frame if encode_frame is not None else _default_encoder()
+        self._fanout_max = fanout_max_len
+        self._node_ttl = node_ttl_ms
+        self._timeout_s = timeout_ms / 1000
+        self._cache_size = event_cache_size
+        self._events: dict[_Cached, StoredEvent] = {}
+        self._listeners: tuple[EventListener, ...] = ()
+        self._supersede_listeners: tuple[SupersedeListener, ...] = ()
+        self._loss_listeners: tuple[LossListener, ...] = ()
+        self._local: dict[str, tuple[str, str, str]] = {}  # connection -> (tenant, sub, sid)
+        self._cmd: Redis | None = None
+        self._tail: Redis | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_id: str | None = None
+        self._tail_id: int | None = None  # Redis client id of the fan-out reader's connection
+        self._position: tuple[str, int] | None = None  # (generation, sequence) last read
+        self._reachable = False
+        self._closed = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def _client(self, timeout_s: float, *, single: bool = False) -> Redis:
+        # One retry on a broken connection (a restarted Redis leaves dead pooled connections);
+        # a retried publish that had in fact been applied comes back as a duplicate.
+        retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+        client: Redis = Redis.from_url(
+            self.url,
+            decode_responses=True,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=self._timeout_s,
+            retry=retry,
+            single_connection_client=single,
+        )
+        return client
+
+    async def start(self) -> None:
+        """Connect, then tail the fan-out stream from its current end.
+
+        A Redis that cannot be reached yet does not stop the node: it serves ``unavailable``
+        until Redis answers, then carries on by itself.
+        """
+        self._cmd = self._client(self._timeout_s)
+        self._tail = self._client(self._timeout_s + _BLOCK_MS / 1000, single=True)
+        self._script = self._cmd.register_script(_LUA)
+        try:
+            await self._heartbeat()
+            await self._baseline()
+            self._answered()
+        except (RedisError, OSError) as error:
+            self._unreachable(error)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._read_loop()), loop.create_task(self._liveness())]
+
+    async def close(self) -> None:
+        """Stop reading; listeners are never called afterwards."""
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        if self._cmd is not None and self._tail_id is not None:
+            # redis-py lets a blocked read run to its end despite the cancel; Redis ends it now.
+            with contextlib.suppress(RedisError, OSError):
+                await asyncio.wait_for(self._cmd.client_unblock(self._tail_id), 1.0)
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._cmd is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await asyncio.wait_for(self._cmd.delete(self.keys.node(self.node_id)), 1.0)
+            await self._cmd.aclose()
+        if self._tail is not None:
+            await self._tail.aclose()
+
+    def reachable(self) -> bool:
+        """Whether Redis answered the last command or fan-out read (health endpoint)."""
+        return self._reachable and not self._closed
+
+    def _unreachable(self, error: BaseException) -> None:
+        if self._reachable:
+            _log.warning("redis unreachable: %s", type(error).__name__)
+        self._reachable = False
+
+    def _answered(self) -> None:
+        if not self._reachable:
+            _log.info("redis reachable")
+        self._reachable = True
+
+    # -- the script -------------------------------------------------------------------------
+
+    def _now(self) -> str:
+        return "-1" if self._clock is None else str(self._clock())
+
+    async def _call(self, op: str, keys: list[str], *args: str | int) -> Any:
+        if self._closed or self._cmd is None:
+            raise RuntimeError("broker is closed")
+        try:
+            reply = await self._script(
+                keys=[self.keys.generation, *keys], args=[op, self._now(), _candidate(), *args]
+            )
+        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            self._unreachable(error)
+            raise
+        self._answered()
+        return reply
+
+    def _channel_keys(self, cid: str) -> list[str]:
+        return [self.keys.meta(cid), self.keys.history(cid)]
+
+    # -- events and the frame cache ---------------------------------------------------------
+
+    def _event(
+        self,
+        cid: str,
+        key: ChannelKey,
+        record: PublishRecord | str,
+        epoch: str,
+        offset: int,
+        ts: int,
+    ) -> StoredEvent:
+        """The one :class:`StoredEvent` of (channel, epoch, offset) on this node: encoded once."""
+        cache_key = (cid, epoch, offset)
+        event = self._events.get(cache_key)
+        if event is not None:
+            return event
+        if isinstance(record, str):
+            record = decode_record(key, record)
+        event = StoredEvent(record, epoch, offset, ts, self._encode(record, epoch, offset, ts))
+        events = self._events
+        events[cache_key] = event
+        if len(events) > self._cache_size:
+            del events[next(iter(events))]  # oldest first: replay mostly wants recent events
+        return event
+
+    def _entries(self, cid: str, key: ChannelKey, epoch: str, entries: Any) -> list[StoredEvent]:
+        events = []
+        for entry_id, fields in entries:
+            ts, offset = _split_id(entry_id)
+            events.append(self._event(cid, key, fields[1], epoch, offset, ts))
+        return events
+
+    # -- publishing -------------------------------------------------------------------------
+
+    async def publish(self, record: PublishRecord) -> PublishResult:
+        """Sequence, store, dedup and announce ``record`` in one script call (UNI-PUB-26).
+
+        Returning means Redis applied it, so the caller may ack; listeners hear of it from the
+        fan-out stream, on every node alike.
+        """
+        key = record.key
+        cid = channel_id(key)
+        reply = await self._call(
+            "publish",
+            [
+                *self._channel_keys(cid),
+                self.keys.dedup(cid, record.message_id),
+                self.keys.sequence,
+                self.keys.fanout,
+                self.keys.scope(scope_of(key)),
+            ],
+            encode_record(record),
+            self._max_count,
+            self._max_age,
+            self._dedup_window,
+            self._fanout_max,
+            cid,
+            self._max_age + _HISTORY_GRACE_MS,
+        )
+        duplicate, epoch, offset, ts = bool(reply[0]), str(reply[1]), int(reply[2]), int(reply[3])
+        if duplicate:
+            # The original record when history still holds it; else this retry's, which has the
+            # same channel and message id, all that the ack repeats (UNI-PUB-21).
+            original = reply[4] if len(reply) > 4 and reply[4] else record
+            return PublishResult(self._event(cid, key, original, epoch, offset, ts), True)
+        return PublishResult(self._event(cid, key, record, epoch, offset, ts), False)
+
+    async def find_duplicate(self, key: ChannelKey, message_id: str) -> StoredEvent | None:
+        """The event an earlier publish of ``message_id`` sequenced, inside the dedup window."""
+        cid = channel_id(key)
+        dedup = self.keys.dedup(cid, message_id)
+        reply = await self._call("find", [*self._channel_keys(cid), dedup])
+        if not reply:
+            return None
+        if not reply[4]:
+            return None  # the original left history: nothing to repeat but the position
+        return self._event(cid, key, reply[4], str(reply[1]), int(reply[2]), int(reply[3]))
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def head(self, key: ChannelKey) -> Position:
+        """The last assigned position; a channel without events is at offset 0 of the current
+        generation, which is the epoch its first event will carry."""
+        reply = await self._call("head", self._channel_keys(channel_id(key)))
+        return Position(str(reply[0]), int(reply[1]))
+
+    async def replay(self, key: ChannelKey, after: Position) -> Replay:
+        """Events in (after.offset, head], or the gap that forbids it (UNI-DEL-15)."""
+        cid = channel_id(key)
+        reply = await self._call(
+            "replay",
+            self._channel_keys(cid),
+            after.epoch,
+            after.offset,
+            self._max_count,
+            self._max_age,
+        )
+        epoch, head = str(reply[0]), Position(str(reply[0]), int(reply[1]))
+        if reply[2]:
+            return Replay(head, (), str(reply[2]))
+        events = self._entries(cid, key, epoch, reversed(reply[3]))
+        return Replay(head, tuple(events), None)
+
+    async def replay_since(self, key: ChannelKey, since_ts: int) -> Replay:
+        """Retained events with ts >= since_ts, or ``window_exceeded`` if one was evicted."""
+        cid = channel_id(key)
+        reply = await self._call(
+            "since", self._channel_keys(cid), since_ts, self._max_count, self._max_age
+        )
+        epoch, head = str(reply[0]), Position(str(reply[0]), int(reply[1]))
+        if reply[2]:
+            return Replay(head, (), str(reply[2]))
+        return Replay(head, tuple(self._entries(cid, key, epoch, reply[3])), None)
+
+    async def channels(
+        self, tenant: str | None, owner: str | None, namespace: str
+    ) -> list[ChannelKey]:
+        """Channels of one scope with retained history, sorted by name."""
+        if namespace not in _NAMESPACES:
+            raise ValueError(f"unknown namespace {namespace!r}")
+        scope = self.keys.scope(scope_id(tenant, owner, namespace))
+        reply = await self._call(
+            "channels", [scope], self._max_age, self._max_count, self.keys.prefix
+        )
+        found = [parse_channel_id(str(cid)) for cid in reply]
+        found.sort(key=lambda k: k.name)
+        return found
+
+    def add_listener(self, listener: EventListener) -> None:
+        """Receive every event of every node, in fan-out order (offset order per channel)."""
+        self._listeners = (*self._listeners, listener)
+
+    def add_loss_listener(self, listener: LossListener) -> None:
+        """Be told when this node may have missed events that Redis no longer holds for it."""
+        self._loss_listeners = (*self._loss_listeners, listener)
+
+    # -- the fan-out stream -----------------------------------------------------------------
+
+    async def _baseline(self) -> None:
+        """Start reading after the newest fan-out entry: a starting node has no subscribers."""
+        assert self._cmd is not None
+        newest: Any = await self._cmd.xrevrange(self.keys.fanout, "+", "-", count=1)
+        if newest:
+            entry_id, fields = newest[0]
+            self._last_id = entry_id
+            generation, sequence = self._sequence(fields)
+            self._position = (generation, sequence)
+        else:
+            self._last_id = "0-0"
+            self._position = None
+
+    async def _read_loop(self) -> None:
+        delay = 0.05
+        while not self._closed:
+            try:
+                assert self._tail is not None
+                if self._last_id is None:
+                    await self._baseline()
+                if self._tail_id is None:
+                    self._tail_id = int(await self._tail.client_id())
+                assert self._last_id is not None
+                reply: Any = await self._tail.xread(
+                    {self.keys.fanout: self._last_id}, count=_READ_BATCH, block=_BLOCK_MS
+                )
+            except (RedisError, OSError) as error:
+                self._unreachable(error)
+                self._tail_id = None  # a new connection, a new id
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            delay = 0.05
+            self._answered()
+            for _stream, entries in reply or ():
+                for entry_id, fields in entries:
+                    if self._closed:
+                        return
+                    self._last_id = entry_id
+                    self._dispatch(fields)
+
+    @staticmethod
+    def _sequence(fields: dict[str, str]) -> tuple[str, int]:
+        parts = fields["p"].split(" ")
+        return parts[1], int(parts[0])
+
+    def _dispatch(self, fields: dict[str, str]) -> None:
+        parts = fields["p"].split(" ")
+        sequence, generation = int(parts[0]), parts[1]
+        position = self._position
+        if position is not None and position[0] == generation and sequence != position[1] + 1:
+            # Entries between were trimmed before this node read them (it was cut off for
+            # longer than the stream keeps): some events never reached local subscribers.
+            _log.error("fan-out entries lost: %d to %d", position[1] + 1, sequence - 1)
+            self._notify_loss()
+        self._position = (generation, sequence)
+        superseded = fields.get("s")
+        if superseded is not None:
+            for connection_id in superseded.split(" "):
+                self._notify_supersede(connection_id)
+            return
+        cid = fields["k"]
+        key = parse_channel_id(cid)
+        event = self._event(cid, key, fields["r"], generation, int(parts[2]), int(parts[3]))
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                _log.exception("event listener failed for %s offset %d", key.name, event.offset)
+
+    def _notify_loss(self) -> None:
+        for listener in self._loss_listeners:
+            try:
+                listener()
+            except Exception:
+                _log.exception("loss listener failed")
+
+    def _notify_supersede(self, connection_id: str) -> None:
+        for listener in self._supersede_listeners:
+            try:
+                listener(connection_id)
+            except Exception:
+                _log.exception("supersede listener failed for %s", connection_id)
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> bool:
+        """Renew this node's liveness key; ``False`` when it had expired (or Redis lost it)."""
+        assert self._cmd is not None
+        previous = await self._cmd.set(
+            self.keys.node(self.node_id), "1", px=self._node_ttl, get=True
+        )
+        return previous is not None
+
+    async def _liveness(self) -> None:
+        """Keep this node's connections counted (UNI-SESS-14); restore them after an outage."""
+        while not self._closed:
+            await asyncio.sleep(self._node_ttl / 3000)
+            try:
+                if not await self._heartbeat() and self._local:
+                    _log.warning("node registration had lapsed; restoring %d", len(self._local))
+                    for connection_id, (tenant, sub, sid) in list(self._local.items()):
+                        await self._register(tenant, sub, sid, connection_id, 0, restore=True)
+                self._answered()
+            except (RedisError, OSError) as error:
+                self._unreachable(error)
+
+    async def _register(
+        self, tenant: str, sub: str, sid: str, connection_id: str, cap: int, *, restore: bool
+    ) -> list[str]:
+        reply = await self._call(
+            "register",
+            [self.keys.user(tenant, sub), self.keys.sequence, self.keys.fanout],
+            connection_id,
+            self.node_id,
+            sid,
+            cap,
+            self.keys.node_prefix,
+            _USER_TTL_MS,
+            "1" if restore else "0",
+            self._fanout_max,
+        )
+        return [str(cid) for cid in reply]
+
+    async def register_connection(
+        self, tenant: str, sub: str, sid: str | None, connection_id: str, max_per_user: int
+    ) -> list[str]:
+        """Append the connection to the user's list in Redis, in one script call, and return
+        the connections it supersedes (UNI-SESS-6, -11, -13, -14); every node hears of them
+        through the fan-out stream and closes those it holds."""
+        encoded = "" if sid is None else "=" + sid
+        superseded = await self._register(
+            tenant, sub, encoded, connection_id, max_per_user, restore=False
+        )
+        self._local[connection_id] = (tenant, sub, encoded)
+        return superseded
+
+    async def unregister_connection(self, tenant: str, sub: str, connection_id: str) -> None:
+        """Forget a closed connection of this node; unknown ids are ignored."""
+        known = self._local.pop(connection_id, None)
+        if known is None or self._cmd is None:
+            return
+        entry = f"{connection_id}\t{self.node_id}\t{known[2]}"
+        await self._cmd.lrem(self.keys.user(known[0], known[1]), 0, entry)
+
+    def add_supersede_listener(self, listener: SupersedeListener) -> None:
+        """Receive ids of connections to close with 4001, from every node's registrations."""
+        self._supersede_listeners = (*self._supersede_listeners, listener)
+
+    # -- operations -------------------------------------------------------------------------
+
+    async def reset(self) -> str:
+        """Discard every channel's history and offsets under a new epoch (UNI-DEL-8)."""
+        reply = await self._call("reset", [])
+        _log.info("history reset; new epoch %s", reply)
+        return str(reply)

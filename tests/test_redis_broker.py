@@ -1,0 +1,129 @@
+"""The Redis broker: the shared broker contract against a real Redis, plus what only a shared
+store has (several brokers on one Redis, key prefixes, generations, the one-round-trip publish).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from broker_contract import (
+    TASKS,
+    BrokerContract,
+    BrokerFactory,
+    BrokerSettings,
+    Collector,
+    CountingEncoder,
+    ManualClock,
+    make_record,
+    run,
+)
+from redis_support import delete_prefix, fresh_prefix, require_redis
+from unisock.broker import Broker
+from unisock.redis_broker import RedisBroker
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return require_redis()
+
+
+@pytest.fixture
+def prefixes(redis_url: str) -> Iterator[list[str]]:
+    """Key prefixes the test used; their keys are deleted afterwards."""
+    used: list[str] = []
+    yield used
+    for prefix in used:
+        delete_prefix(redis_url, prefix)
+
+
+@pytest.fixture
+def broker_factory(redis_url: str, prefixes: list[str]) -> BrokerFactory:
+    def build(settings: BrokerSettings) -> Broker:
+        prefix = fresh_prefix("contract")
+        prefixes.append(prefix)
+        return RedisBroker(
+            redis_url,
+            prefix=prefix,
+            history_max_count=settings.history_max_count,
+            history_max_age_ms=settings.history_max_age_ms,
+            dedup_window_ms=settings.dedup_window_ms,
+            clock=settings.clock,
+            encode_frame=settings.encode_frame,
+        )
+
+    return build
+
+
+class TestRedisBrokerContract(BrokerContract):
+    """Every contract test, run against :class:`RedisBroker` on a real Redis."""
+
+
+def test_redis_broker_rejects_negative_limits_and_an_empty_prefix() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        RedisBroker("redis://127.0.0.1:1/0", history_max_count=-1)
+    with pytest.raises(ValueError, match="prefix"):
+        RedisBroker("redis://127.0.0.1:1/0", prefix="")
+
+
+def test_two_brokers_on_one_prefix_share_offsets_and_each_hears_every_event(
+    redis_url: str, prefixes: list[str]
+) -> None:
+    prefix = fresh_prefix("pair")
+    prefixes.append(prefix)
+    clock = ManualClock()
+
+    async def main() -> None:
+        a = RedisBroker(redis_url, prefix=prefix, clock=clock, encode_frame=CountingEncoder())
+        b = RedisBroker(redis_url, prefix=prefix, clock=clock, encode_frame=CountingEncoder())
+        seen_a, seen_b = Collector(), Collector()
+        a.add_listener(seen_a)
+        b.add_listener(seen_b)
+        await a.start()
+        await b.start()
+        try:
+            offsets = []
+            for i in range(6):
+                node = a if i % 2 else b
+                offsets.append((await node.publish(make_record(TASKS, f"m{i}"))).event.offset)
+            assert offsets == [1, 2, 3, 4, 5, 6]
+            for seen in (seen_a, seen_b):
+                got = await seen.wait_for(6)
+                assert [(e.offset, e.record.message_id) for e in got] == [
+                    (i + 1, f"m{i}") for i in range(6)
+                ]
+            retry = await a.publish(make_record(TASKS, "m1"))
+            assert (retry.duplicate, retry.event.offset) == (True, 2)
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main())
+
+
+def test_brokers_under_different_prefixes_share_nothing(
+    redis_url: str, prefixes: list[str]
+) -> None:
+    first, second = fresh_prefix("one"), fresh_prefix("two")
+    prefixes.extend([first, second])
+
+    async def main() -> None:
+        a = RedisBroker(redis_url, prefix=first, encode_frame=CountingEncoder())
+        b = RedisBroker(redis_url, prefix=second, encode_frame=CountingEncoder())
+        heard = Collector()
+        b.add_listener(heard)
+        await a.start()
+        await b.start()
+        try:
+            assert (await a.publish(make_record(TASKS, "m1"))).event.offset == 1
+            assert (await b.publish(make_record(TASKS, "m1"))).duplicate is False
+            assert (await b.head(TASKS)).offset == 1
+            assert [e.record.message_id for e in await heard.wait_for(1)] == ["m1"]
+            assert await b.register_connection("acme", "alice", "tab", "c1", 1) == []
+            assert await a.register_connection("acme", "alice", "tab", "c2", 1) == []
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main())

@@ -1,0 +1,169 @@
+"""Two server nodes on one Redis: delivery, sessions and resume across nodes, and health.
+
+Each node is a real :class:`~unisock.server.UnisockServer` configured with ``broker`` =
+a Redis URL, as ``unisock serve --broker`` builds it; the shared Redis is used under a key
+prefix of the test's own, deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from redis_support import delete_prefix, fresh_prefix, private_redis, require_redis
+from server_harness import LIMIT, ServerHarness, asynctest, running_server, token
+from unisock.config import ServerConfig
+from unisock.redis_broker import RedisBroker
+
+
+@pytest.fixture
+def shared() -> Iterator[tuple[str, str]]:
+    """(Redis URL, key prefix) of this test on the shared Redis."""
+    url = require_redis()
+    prefix = fresh_prefix("cluster")
+    yield url, prefix
+    delete_prefix(url, prefix)
+
+
+@contextlib.asynccontextmanager
+async def cluster(
+    url: str, prefix: str, count: int = 2, **server: object
+) -> AsyncIterator[list[ServerHarness]]:
+    async with contextlib.AsyncExitStack() as stack:
+        yield [
+            await stack.enter_async_context(
+                running_server(broker=url, broker_key_prefix=prefix, **server)
+            )
+            for _ in range(count)
+        ]
+
+
+def test_config_accepts_memory_or_a_redis_url_and_nothing_else() -> None:
+    assert ServerConfig().broker == "memory"
+    assert ServerConfig(broker="redis://10.0.0.2:6379/3").broker.startswith("redis://")
+    for bad in ("redis", "http://10.0.0.2/", "memcached://x"):
+        with pytest.raises(ValueError, match="broker"):
+            ServerConfig(broker=bad)
+    with pytest.raises(ValueError, match="prefix"):
+        ServerConfig(broker_key_prefix="")
+
+
+@asynctest
+async def test_node_configured_with_a_redis_url_runs_on_redis(shared: tuple[str, str]) -> None:
+    url, prefix = shared
+    async with cluster(url, prefix, count=1) as (node,):
+        assert isinstance(node.server.broker, RedisBroker)
+        assert node.server.broker.keys.prefix == prefix
+        status, body = await node.get("/healthz")
+        assert (status, json.loads(body)) == (200, {"status": "ok", "broker": "ok"})
+
+
+@asynctest
+async def test_an_event_published_on_one_node_reaches_subscribers_on_every_node(
+    shared: tuple[str, str],
+) -> None:
+    url, prefix = shared
+    async with cluster(url, prefix) as (a, b):
+        on_a = await a.connect(token(sub="alice"))
+        on_b = await b.connect(token(sub="bob"))
+        await on_a.subscribe("tasks.1")
+        await on_b.subscribe("tasks.1")
+        publisher = await b.connect(token(sub="carol"))
+        acks = [await publisher.publish("tasks.1", i) for i in range(3)]
+        assert [ack["offset"] for ack in acks] == [1, 2, 3]
+        got = [await client.events(3) for client in (on_a, on_b)]
+        for events in got:
+            assert [(e["offset"], e["data"]) for e in events] == [(1, 0), (2, 1), (3, 2)]
+        # Each node framed the event itself, and both wrote the same bytes (UNI-DEL-4).
+        assert [e.raw for e in got[0]] == [e.raw for e in got[1]]
+
+
+@asynctest
+async def test_a_session_opened_again_on_another_node_supersedes_the_first(
+    shared: tuple[str, str],
+) -> None:
+    url, prefix = shared
+    async with cluster(url, prefix) as (a, b):
+        first = await a.connect(token(sub="alice", sid="tab-1"))
+        await b.connect(token(sub="alice", sid="tab-1"))
+        closed = await first.expect_close()
+        assert (closed.code, closed.reason) == (4001, "superseded")
+
+
+@asynctest
+async def test_a_client_resumes_on_another_node_with_exactly_the_events_it_missed(
+    shared: tuple[str, str],
+) -> None:
+    url, prefix = shared
+    async with cluster(url, prefix) as (a, b):
+        reader = await a.connect(token(sub="alice"))
+        await reader.subscribe("tasks.1")
+        publisher = await a.connect(token(sub="carol"))
+        await publisher.publish("tasks.1", "seen")
+        seen = (await reader.events(1))[0]
+        await reader.close()
+        for data in ("missed-1", "missed-2"):
+            await publisher.publish("tasks.1", data)
+        resumed = await b.connect(token(sub="alice"))
+        position = {"epoch": seen["epoch"], "offset": seen["offset"]}
+        await resumed.subscribe("tasks.1", **{"from": {"tasks.1": position}})
+        replayed = await resumed.events(2)
+        assert [(e["offset"], e["data"]) for e in replayed] == [(2, "missed-1"), (3, "missed-2")]
+        await publisher.publish("tasks.1", "live")
+        assert (await resumed.events(1))[0]["offset"] == 4
+
+
+@asynctest
+async def test_health_reports_an_unreachable_redis_and_its_return() -> None:
+    with private_redis() as redis_server:
+        async with cluster(redis_server.url, "unisock:", count=1) as (node,):
+            assert (await node.get("/healthz"))[0] == 200
+            redis_server.freeze()
+            try:
+                _, body = await _wait_health(node, 503)
+                assert json.loads(body) == {"status": "unavailable", "broker": "unreachable"}
+            finally:
+                redis_server.resume()
+            _, body = await _wait_health(node, 200)
+            assert json.loads(body) == {"status": "ok", "broker": "ok"}
+
+
+async def _wait_health(node: ServerHarness, status: int) -> tuple[int, str]:
+    """Poll /healthz until it answers ``status``; reachability is re-checked every second."""
+
+    async def poll() -> tuple[int, str]:
+        while True:
+            got = await node.get("/healthz")
+            if got[0] == status:
+                return got
+            await asyncio.sleep(0.05)
+
+    return await asyncio.wait_for(poll(), 2 * LIMIT)
+
+
+@asynctest
+async def test_a_node_that_missed_fanout_entries_closes_its_connections_with_1012(
+    shared: tuple[str, str],
+) -> None:
+    """Entries Redis trimmed before this node read them: its subscribers may lack events, so
+    they are sent away to resume (and get the events or a gap) instead of silently missing."""
+    url, prefix = shared
+    async with cluster(url, prefix, drain_window_ms=3000) as (a, b):
+        subscriber = await a.connect(token(sub="alice"))
+        await subscriber.subscribe("tasks.1")
+        publisher = await b.connect(token(sub="carol"))
+        await publisher.publish("tasks.1", "first")
+        await subscriber.events(1)
+        broker = a.server.broker
+        assert isinstance(broker, RedisBroker) and broker._position is not None
+        generation, sequence = broker._position
+        broker._position = (generation, sequence - 3)  # as if three entries had been trimmed
+        await publisher.publish("tasks.1", "second")
+        closed = await subscriber.expect_close()
+        assert (closed.code, closed.reason) == (1012, "service_restart;window_ms=3000")
+        # The other node read every entry: its connections stay.
+        assert (await publisher.request({"type": "ping"}))["type"] == "pong"
