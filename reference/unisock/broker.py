@@ -19,6 +19,7 @@ __all__ = [
     "GAP_WINDOW_EXCEEDED",
     "AttrValue",
     "Broker",
+    "BrokerUnavailable",
     "ChannelKey",
     "EventListener",
     "FrameEncoder",
@@ -38,6 +39,14 @@ GAP_POSITION_INVALID: Final = "position_invalid"
 GAP_REASONS: Final = frozenset({GAP_EPOCH_CHANGED, GAP_WINDOW_EXCEEDED, GAP_POSITION_INVALID})
 
 AttrValue = str | int | float | bool | None
+
+
+class BrokerUnavailable(Exception):
+    """The backing store did not answer (in time); the operation took no effect.
+
+    Servers answer ``unavailable`` (UNI-ERR-11) and log it without a stack trace: an outage
+    is an operational state, not a defect.
+    """
 
 
 def _is_sys(name: str) -> bool:

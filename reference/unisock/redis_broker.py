@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable
 from importlib import resources
@@ -30,10 +32,11 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from unisock.broker import (
+    BrokerUnavailable,
     ChannelKey,
     EventListener,
     FrameEncoder,
@@ -69,6 +72,8 @@ _HISTORY_GRACE_MS: Final = 60_000
 _USER_TTL_MS: Final = 7 * 24 * 3600 * 1000
 """A user's connection list is dropped after a week without a new connection of that user."""
 _NAMESPACES: Final = frozenset({"tenant", "$me", "$sys"})
+_EXPIRED: Final = "UNISOCK expired"
+_SHA: Final = hashlib.sha1(_LUA.encode(), usedforsecurity=False).hexdigest()
 _Cached = tuple[str, str, int]
 
 
@@ -125,6 +130,7 @@ class RedisBroker:
         self._fanout_max = fanout_max_len
         self._node_ttl = node_ttl_ms
         self._timeout_s = timeout_ms / 1000
+        self._sha = _SHA
         self._cache_size = event_cache_size
         self._events: dict[_Cached, StoredEvent] = {}
         self._listeners: tuple[EventListener, ...] = ()
@@ -135,6 +141,7 @@ class RedisBroker:
         self._tail: Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._last_id: str | None = None
+        self._skew_ms = 0  # Redis clock minus this node's, measured with TIME
         self._tail_id: int | None = None  # Redis client id of the fan-out reader's connection
         self._position: tuple[str, int] | None = None  # (generation, sequence) last read
         self._reachable = False
@@ -164,7 +171,6 @@ class RedisBroker:
         """
         self._cmd = self._client(self._timeout_s)
         self._tail = self._client(self._timeout_s + _BLOCK_MS / 1000, single=True)
-        self._script = self._cmd.register_script(_LUA)
         try:
             await self._heartbeat()
             await self._baseline()
@@ -215,15 +221,30 @@ class RedisBroker:
     async def _call(self, op: str, keys: list[str], *args: str | int) -> Any:
         if self._closed or self._cmd is None:
             raise RuntimeError("broker is closed")
+        every = [self.keys.generation, *keys]
+        argv = [op, self._now(), _candidate(), *args]
         try:
-            reply = await self._script(
-                keys=[self.keys.generation, *keys], args=[op, self._now(), _candidate(), *args]
-            )
+            try:
+                reply = await self._cmd.evalsha(self._sha, len(every), *every, *argv)
+            except NoScriptError:
+                # A restarted Redis forgot the script: EVAL sends it along and caches it again.
+                reply = await self._cmd.eval(_LUA, len(every), *every, *argv)
         except (RedisConnectionError, RedisTimeoutError, OSError) as error:
             self._unreachable(error)
+            raise BrokerUnavailable(f"redis: {type(error).__name__}") from error
+        except ResponseError as error:
+            if str(error).startswith(_EXPIRED):
+                # Redis reached the publish after its deadline and refused it (UNI-ERR-6).
+                raise BrokerUnavailable("redis: publish reached redis too late") from error
             raise
         self._answered()
         return reply
+
+    def _deadline(self) -> int:
+        """Redis time after which a publish sent now must not be applied: half the command
+        timeout from now, so the script refuses it before this node gives up and answers
+        ``unavailable`` (a publish stuck in a frozen Redis never lands late)."""
+        return time.time_ns() // 1_000_000 + self._skew_ms + int(self._timeout_s * 500)
 
     def _channel_keys(self, cid: str) -> list[str]:
         return [self.keys.meta(cid), self.keys.history(cid)]
@@ -286,6 +307,7 @@ class RedisBroker:
             self._fanout_max,
             cid,
             self._max_age + _HISTORY_GRACE_MS,
+            self._deadline(),
         )
         duplicate, epoch, offset, ts = bool(reply[0]), str(reply[1]), int(reply[2]), int(reply[3])
         if duplicate:
@@ -453,8 +475,13 @@ class RedisBroker:
     # -- sessions ---------------------------------------------------------------------------
 
     async def _heartbeat(self) -> bool:
-        """Renew this node's liveness key; ``False`` when it had expired (or Redis lost it)."""
+        """Renew this node's liveness key and measure the clock skew to Redis; ``False`` when
+        the key had expired (or Redis lost it)."""
         assert self._cmd is not None
+        sent = time.time_ns()
+        seconds, micros = await self._cmd.time()
+        middle = (sent + time.time_ns()) // 2_000_000
+        self._skew_ms = seconds * 1000 + micros // 1000 - middle
         previous = await self._cmd.set(
             self.keys.node(self.node_id), "1", px=self._node_ttl, get=True
         )

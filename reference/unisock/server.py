@@ -30,7 +30,7 @@ from websockets.server import ServerProtocol
 
 from unisock._version import PROTOCOL_TOKEN
 from unisock.auth import TokenVerifier
-from unisock.broker import Broker, ChannelKey, PublishResult, StoredEvent
+from unisock.broker import Broker, BrokerUnavailable, ChannelKey, PublishResult, StoredEvent
 from unisock.brokers import build_broker
 from unisock.closecodes import close_name
 from unisock.config import EventTypeRegistry, ServerConfig
@@ -96,6 +96,8 @@ class _Conn:
     closing: bool = False
     writer: asyncio.Task[None] | None = None
     closer: asyncio.Task[None] | None = None
+    awaiting: bool = False
+    """The reader awaits broker work for this connection and reads nothing meanwhile."""
 
 
 class _Connection(ServerConnection):
@@ -311,15 +313,21 @@ class UnisockServer:
         for action in actions:
             if isinstance(action, StartSubscribe):
                 self.index.add(conn, action)
-                await self._subscribe(conn, action)
+                work = self._subscribe(conn, action)
             elif isinstance(action, StartPublish):
-                await self._publish(conn, action)
+                work = self._publish(conn, action)
             elif isinstance(action, RefuseUnlessDuplicate):
-                await self._refuse_unless_duplicate(conn, action)
+                work = self._refuse_unless_duplicate(conn, action)
             elif isinstance(action, Authenticated):
-                await self._authenticated(conn, action)
+                work = self._authenticated(conn, action)
             else:
                 self._apply_one(conn, action)
+                continue
+            conn.awaiting = True
+            try:
+                await work
+            finally:
+                conn.awaiting = False
 
     def _apply_sync(self, conn: _Conn, actions: list[Action]) -> None:
         """Actions produced outside the reader (timers, supersede, fan-out): never broker work."""
@@ -362,6 +370,8 @@ class UnisockServer:
                 conn.core.connection_id,
                 self.config.max_connections_per_user,
             )
+        except BrokerUnavailable as error:
+            log.warning("could not register connection %s: %s", conn.core.connection_id, error)
         except Exception:
             log.exception("could not register connection %s", conn.core.connection_id)
 
@@ -385,8 +395,8 @@ class UnisockServer:
                     self._count_resume(replay.gap)
                     self._apply_sync(conn, core.replay_actions(pattern, key, replay))
             self._apply_sync(conn, core.subscription_active(pattern))
-        except Exception:
-            log.exception("subscribe failed on connection %s", core.connection_id)
+        except Exception as failure:
+            _log_failure("subscribe", core.connection_id, failure)
             error = Unavailable("broker unavailable", retry_after_ms=RETRY_AFTER_UNAVAILABLE_MS)
             self._apply_sync(conn, core.subscribe_failed(pattern, error))
 
@@ -399,8 +409,8 @@ class UnisockServer:
     async def _publish(self, conn: _Conn, action: StartPublish) -> None:
         try:
             result = await self.broker.publish(action.record)
-        except Exception:
-            log.exception("publish failed on connection %s", conn.core.connection_id)
+        except Exception as failure:
+            _log_failure("publish", conn.core.connection_id, failure)
             error = Unavailable("broker unavailable", retry_after_ms=RETRY_AFTER_UNAVAILABLE_MS)
             self._apply_sync(conn, conn.core.publish_failed(action.request_id, error))
             return
@@ -412,8 +422,8 @@ class UnisockServer:
         core = conn.core
         try:
             original = await self.broker.find_duplicate(action.key, action.message_id)
-        except Exception:
-            log.exception("dedup lookup failed on connection %s", core.connection_id)
+        except Exception as failure:
+            _log_failure("dedup lookup", core.connection_id, failure)
             original = None
         if original is None:
             self._apply_sync(conn, core.publish_failed(action.request_id, action.error))
@@ -559,7 +569,10 @@ class UnisockServer:
 
     def _on_timer(self, conn: _Conn) -> None:
         conn.timer = None
-        self._apply_sync(conn, conn.core.tick(self.clock()))
+        now = self.clock()
+        if conn.awaiting:
+            conn.core.reading_paused(now)  # a slow broker is not a dead peer (UNI-ERR-16)
+        self._apply_sync(conn, conn.core.tick(now))
         self._schedule(conn)
 
     def _on_supersede(self, connection_id: str) -> None:
@@ -574,6 +587,14 @@ class UnisockServer:
         error = ServiceRestart(window_ms=self.config.drain_window_ms)
         for conn in list(self.conns.values()):
             self._apply_sync(conn, conn.core.abort(error))
+
+
+def _log_failure(what: str, connection_id: str, failure: Exception) -> None:
+    """A broker outage in one line; anything else with its stack trace (a defect)."""
+    if isinstance(failure, BrokerUnavailable):
+        log.warning("%s refused on connection %s: %s", what, connection_id, failure)
+    else:
+        log.error("%s failed on connection %s", what, connection_id, exc_info=failure)
 
 
 def _reset_later(broker: RedisBroker) -> None:

@@ -518,6 +518,14 @@ class SessionCore:
 
     # -- time ----------------------------------------------------------------------------------
 
+    def reading_paused(self, now_ms: int) -> None:
+        """The adapter is awaiting the broker for this connection and reads nothing meanwhile.
+
+        Whatever the peer sent is waiting unread, so its silence proves nothing: its liveness
+        clock restarts now instead of a heartbeat timeout closing it (UNI-HB, UNI-ERR-16).
+        """
+        self._last_rx_ms = max(self._last_rx_ms, now_ms)
+
     def tick(self, now_ms: int) -> list[Action]:
         """Deadlines: auth timeout, expiry, dead peer, drain end, expiry warning, server ping."""
         if self.state is State.AWAITING_HELLO:

@@ -17,11 +17,15 @@
 
 local op = ARGV[1]
 
+local function redis_time()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
 local function clock()
   local n = tonumber(ARGV[2])
   if n >= 0 then return n end
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return redis_time()
 end
 
 local function int(n)
@@ -105,7 +109,10 @@ end
 
 if op == 'publish' then
   -- KEYS: gen meta hist dedup seq fan scope
-  -- ARGV: op now cand record max_count max_age dedup_ms fan_max cid hist_ttl_ms
+  -- ARGV: op now cand record max_count max_age dedup_ms fan_max cid hist_ttl_ms deadline
+  -- Past the deadline (Redis time) the node has answered `unavailable` already, or will
+  -- before it could read an ack: a late publish must take no effect (UNI-ERR-6).
+  if redis_time() > tonumber(ARGV[11]) then return redis.error_reply('UNISOCK expired') end
   local now = clock()
   local gen = generation()
   local meta, hist, dedup = KEYS[2], KEYS[3], KEYS[4]
