@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -28,6 +30,7 @@ import redis
 
 __all__ = [
     "SHARED_URL",
+    "NodeProcess",
     "PrivateRedis",
     "delete_prefix",
     "fresh_prefix",
@@ -100,6 +103,11 @@ class PrivateRedis:
         self.dir = Path(tempfile.mkdtemp(prefix="unisock-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
         self.frozen = False
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
 
     @property
     def url(self) -> str:
@@ -188,3 +196,55 @@ def private_redis(*, persist: bool = False) -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.close()
+
+
+class NodeProcess:
+    """``unisock serve`` as a subprocess on a port the OS picks, as an operator runs a node."""
+
+    def __init__(self, *args: str, secret: str, log: Path, port: int = 0) -> None:
+        env = {**os.environ, "UNISOCK_SECRET": secret}
+        argv = [sys.executable, "-m", "unisock.cli", "serve", "--port", str(port), *args]
+        self.log = log.open("w", encoding="utf-8")  # a file: a full pipe would stall the node
+        self.process = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=self.log, text=True
+        )
+        assert self.process.stdout is not None
+        first = self.process.stdout.readline()  # "unisock X serving unisock.v1 on ws://H:P/"
+        match = re.search(r"serving unisock\.v1 on (ws://\S+)", first)
+        if match is None:
+            self.stop()
+            raise RuntimeError(f"unisock serve did not start: {first!r}, see {log}")
+        self.url = match.group(1)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def drain(self) -> None:
+        """SIGTERM: the node drains (clients move within the drain window) and exits."""
+        if self.running():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30 * SCALE)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL: the node dies without closing anything, as a crashed host does."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10 * SCALE)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=10 * SCALE)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self.log.close()

@@ -19,8 +19,7 @@ from unisock_conformance.spectext import load_registry
 
 REGISTRY = load_registry(SPEC_DIR)["requirements"]
 IDS = {entry["id"] for entry in REGISTRY}
-# Claims (UNI-CONF-2, -3, -5, -6, -7, -11), where a broadcaster keeps its token (UNI-SEC-8)
-# and a broker outage (UNI-ERR-11, covered by tests/test_server_unavailable.py).
+# Claims (UNI-CONF-2, -3, -5, -6, -7, -11) and where a broadcaster keeps its token (UNI-SEC-8).
 INSPECTION = {
     "UNI-CONF-2",
     "UNI-CONF-3",
@@ -29,7 +28,6 @@ INSPECTION = {
     "UNI-CONF-7",
     "UNI-CONF-11",
     "UNI-SEC-8",
-    "UNI-ERR-11",
 }
 
 

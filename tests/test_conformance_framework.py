@@ -283,7 +283,7 @@ def test_plugin_runs_drain_checks_last_and_grades_them_not_run_without_the_hook(
         for line in result.stdout.splitlines()
         if "::test_" in line and (" PASSED" in line or " SKIPPED" in line)
     ]
-    assert ran == [False] * 3 + [True] * 3, result.stdout  # cluster, smoke, then drain
+    assert ran == [False] * 6 + [True] * 3, result.stdout  # cluster, smoke, then drain
     report = _report(report_dir)
     tests = {t["id"].rsplit("::", 1)[-1]: t for t in report["tests"]}
     drain = [t for name, t in tests.items() if "drain" in name]
@@ -293,7 +293,7 @@ def test_plugin_runs_drain_checks_last_and_grades_them_not_run_without_the_hook(
     assert cluster["outcome"] == "not-run" and "needs --node-url" in cluster["message"]
     outcomes = _outcomes(report)
     assert outcomes["UNI-CLOSE-21"] == outcomes["UNI-SESS-14"] == "not-run"
-    assert outcomes["UNI-ERR-11"] == outcomes["UNI-CONF-5"] == "inspection"
+    assert outcomes["UNI-CONF-5"] == "inspection"
     inspected = [e for e in ENTRIES.values() if e.get("verification") == "inspection"]
     assert report["summary"]["by_level"]["MUST"]["inspection"] == len(inspected) > 0
     assert "| inspection |" in (report_dir / "report.md").read_text("utf-8")
@@ -344,8 +344,9 @@ def test_cluster_checks_pass_only_when_the_nodes_share_a_broker(
     assert result.returncode == (0 if shared else 1), result.stdout + result.stderr
     report = _report(report_dir)
     expected = "pass" if shared else "fail"
-    assert [t["outcome"] for t in report["tests"]] == [expected, expected]
-    assert _outcomes(report)["UNI-SESS-14"] == expected
+    assert [t["outcome"] for t in report["tests"]] == [expected] * 5
+    outcomes = _outcomes(report)
+    assert outcomes["UNI-SESS-14"] == outcomes["UNI-DEL-34"] == expected
 
 
 def test_deployment_checks_every_node_url_and_reports_only_which_hooks_were_given() -> None:
@@ -472,8 +473,9 @@ def test_suite_passes_against_the_reference_server_with_conformance_timers(
     assert outcomes["UNI-LIM-7"] == "pass" and outcomes["UNI-CONF-1"] == "pass"
     for ident in ("UNI-DEL-8", "UNI-DEL-19", "UNI-DEL-23", "UNI-DEL-25", "UNI-DEL-26"):
         assert outcomes[ident] == "pass", ident
-    # One node only: the cross-node session rule cannot be run, and says so.
-    assert outcomes["UNI-SESS-14"] == "not-run"
+    # One node only: the cross-node rules cannot be run, and say so; nor can an outage.
+    assert outcomes["UNI-SESS-14"] == outcomes["UNI-DEL-34"] == "not-run"
+    assert outcomes["UNI-ERR-16"] == outcomes["UNI-ERR-17"] == "not-run"
     reasons = {t["id"].rsplit("::", 1)[-1]: t["message"] for t in report["tests"]}
     assert "needs --node-url" in reasons["test_server_counts_the_per_user_cap_over_every_node"]
 

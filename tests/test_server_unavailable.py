@@ -1,8 +1,8 @@
 """A broker outage is refused with ``unavailable``, never accepted without effect (UNI-ERR-11).
 
-No request can take a deployment's broker down, so the conformance suite cannot observe this
-rule (the registry marks it ``verification: inspection``); the reference server proves it
-here with a broker whose operations fail while it is down.
+The conformance suite observes this rule only when the operator gives it outage hooks
+(``--outage-command``); the reference server also proves it here, with a broker whose
+operations fail while it is down, and against a real Redis in ``test_redis_faults.py``.
 """
 
 from __future__ import annotations

@@ -76,7 +76,12 @@ class Deployment:
     reset_command: str | None = field(default=None, repr=False)
     """Shell command that makes the deployment lose its channel history and offsets."""
     node_urls: tuple[str, ...] = ()
-    """Further nodes of the same deployment, sharing its broker (UNI-SESS-14)."""
+    """Further nodes of the same deployment, sharing its broker (UNI-SESS-14, UNI-DEL-34).
+    With them, the checks' connections are spread over every node."""
+    outage_command: str | None = field(default=None, repr=False)
+    """Shell command that makes the deployment's broker unreachable (spec 12.4)."""
+    recover_command: str | None = field(default=None, repr=False)
+    """Shell command that makes the broker reachable again after ``outage_command``."""
     coalescing_channel: str | None = None
     """A channel the deployment declares coalescing (the suite cannot discover one)."""
 
@@ -108,6 +113,18 @@ class Deployment:
         if self.reset_command is None:
             raise RuntimeError("resetting the deployment needs --reset-command")
         self._run_operator_command("reset", self.reset_command)
+
+    def run_outage_command(self) -> None:
+        """Run ``outage_command``: the broker becomes unreachable (a failing command fails)."""
+        if self.outage_command is None:
+            raise RuntimeError("an outage needs --outage-command")
+        self._run_operator_command("outage", self.outage_command)
+
+    def run_recover_command(self) -> None:
+        """Run ``recover_command``: the broker becomes reachable again."""
+        if self.recover_command is None:
+            raise RuntimeError("recovering from an outage needs --recover-command")
+        self._run_operator_command("recover", self.recover_command)
 
     def _run_operator_command(self, what: str, command: str) -> None:
         result = subprocess.run(
@@ -250,6 +267,7 @@ class Deployment:
             "nodes": 1 + len(self.node_urls),
             "drain_command": self.drain_command is not None,
             "reset_command": self.reset_command is not None,
+            "outage_command": self.outage_command is not None,
             "coalescing_channel": self.coalescing_channel,
         }
 

@@ -39,13 +39,15 @@ from unisock_conformance.grading import (
 from unisock_conformance.paths import SPEC_DIR
 from unisock_conformance.spectext import load_registry
 
-__all__ = ["DRAIN_MARKER", "RESET_MARKER", "SUITE_PLUGIN", "Suite", "get_suite"]
+__all__ = ["DRAIN_MARKER", "OUTAGE_MARKER", "RESET_MARKER", "SUITE_PLUGIN", "Suite", "get_suite"]
 
 SUITE_PLUGIN: Final = "unisock-suite"
 # Checks carrying this marker stop the deployment from serving: they run after all others.
 DRAIN_MARKER: Final = "drain"
 # Checks carrying this marker wipe the deployment's history: they run late, before draining.
 RESET_MARKER: Final = "reset"
+# Checks carrying this marker take the deployment's broker away for a while: they run late too.
+OUTAGE_MARKER: Final = "outage"
 DEFAULT_LINK_BASE: Final = "spec/"
 
 
@@ -98,6 +100,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(reset checks run just before the drain checks; without it they are not run)",
     )
     group.addoption(
+        "--unisock-outage-command",
+        metavar="CMD",
+        help="shell command that makes the deployment's broker unreachable; outage checks "
+        "need it and --unisock-recover-command (they run late, with the reset checks)",
+    )
+    group.addoption(
+        "--unisock-recover-command",
+        metavar="CMD",
+        help="shell command that makes the broker reachable again after the outage command",
+    )
+    group.addoption(
         "--unisock-node-url",
         action="append",
         default=[],
@@ -127,6 +140,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         f"{RESET_MARKER}: the check wipes the deployment's history, so it runs after every "
         "other check except the drain checks",
+    )
+    config.addinivalue_line(
+        "markers",
+        f"{OUTAGE_MARKER}: the check takes the deployment's broker away for a while, so it runs "
+        "with the reset checks, after every other check except the drain checks",
     )
     url = config.getoption("--unisock-url")
     if not url:
@@ -169,6 +187,8 @@ def _deployment_from_options(config: pytest.Config) -> Deployment:
             profile=str(config.getoption("--unisock-profile")),
             drain_command=config.getoption("--unisock-drain-command") or None,
             reset_command=config.getoption("--unisock-reset-command") or None,
+            outage_command=config.getoption("--unisock-outage-command") or None,
+            recover_command=config.getoption("--unisock-recover-command") or None,
             node_urls=tuple(str(url) for url in config.getoption("--unisock-node-url")),
             coalescing_channel=config.getoption("--unisock-coalescing-channel") or None,
         )
@@ -177,10 +197,12 @@ def _deployment_from_options(config: pytest.Config) -> Deployment:
 
 
 def _late_order(item: pytest.Item) -> int:
-    """0 for ordinary checks, 1 for reset checks, 2 for drain checks (a stable sort key)."""
+    """0 for ordinary checks, 1 for reset and outage checks, 2 for drain checks (a stable
+    sort key)."""
     if item.get_closest_marker(DRAIN_MARKER) is not None:
         return 2
-    return 1 if item.get_closest_marker(RESET_MARKER) is not None else 0
+    late = (RESET_MARKER, OUTAGE_MARKER)
+    return 1 if any(item.get_closest_marker(name) is not None for name in late) else 0
 
 
 def get_suite(config: pytest.Config) -> Suite | None:

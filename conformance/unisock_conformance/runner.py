@@ -80,12 +80,24 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
         "e.g. 'kill -HUP 1234' for the reference server; the epoch checks need it",
     )
     parser.add_argument(
+        "--outage-command",
+        metavar="CMD",
+        help="shell command that makes the deployment's broker unreachable, e.g. "
+        "'kill -STOP <redis pid>'; the outage checks need it and --recover-command",
+    )
+    parser.add_argument(
+        "--recover-command",
+        metavar="CMD",
+        help="shell command that makes the broker reachable again, e.g. 'kill -CONT <pid>'",
+    )
+    parser.add_argument(
         "--node-url",
         action="append",
         default=[],
         metavar="URL",
         help="another node of the same deployment sharing its broker (repeatable); "
-        "the cross-node session checks need one",
+        "the checks' connections are then spread over every node, and the cluster checks "
+        "need one",
     )
     parser.add_argument(
         "--coalescing-channel",
@@ -132,6 +144,8 @@ def pytest_args(args: argparse.Namespace) -> list[str]:
         "--unisock-time-scale": args.time_scale,
         "--unisock-drain-command": args.drain_command,
         "--unisock-reset-command": args.reset_command,
+        "--unisock-outage-command": args.outage_command,
+        "--unisock-recover-command": args.recover_command,
         "--unisock-coalescing-channel": args.coalescing_channel,
     }
     argv += [f"{name}={value}" for name, value in optional.items() if value is not None]

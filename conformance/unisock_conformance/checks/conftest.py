@@ -18,7 +18,9 @@ from unisock_conformance.wire import PROTOCOL, Conn, ConnGroup, open_conn
 class Connect:
     """``connect(token, *, subprotocols, origin, hello, url)`` -> an open :class:`Conn`.
 
-    ``url`` picks another node of the deployment (``deployment.node_urls``).
+    Without ``url``, successive connections go to the deployment's nodes in turn (the main
+    URL, then each ``--node-url``), so that with several nodes every check also runs across
+    them (UNI-DEL-34, UNI-SESS-14); ``url`` picks one node.
     """
 
     def __init__(self, deployment: Deployment, group: ConnGroup, names: Names) -> None:
@@ -26,6 +28,7 @@ class Connect:
         self.group = group
         self.names = names
         self._count = itertools.count(1)
+        self._nodes = itertools.cycle((deployment.url, *deployment.node_urls))
 
     def __call__(
         self,
@@ -40,7 +43,7 @@ class Connect:
         if hello and token is None:
             raise ValueError("connect(hello=True) needs a token")
         conn = open_conn(
-            url or self.deployment.url,
+            url or next(self._nodes),
             name=name or f"conn{next(self._count)}",
             subprotocols=subprotocols,
             origin=self.deployment.origin if isinstance(origin, EllipsisType) else origin,
