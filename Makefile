@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NPM_CI := npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 
-.PHONY: setup browser test lint typecheck pytest docs serve clean
+.PHONY: setup browser test lint typecheck pytest docs serve chaos clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,11 @@ test: lint typecheck docs pytest
 
 serve: setup
 	$(VENV)/bin/unisock serve
+
+# A longer randomized fault run than CI's (two nodes on a private Redis, history checker).
+CHAOS_SECONDS ?= 180
+chaos: setup
+	$(PY) tests/chaos.py --duration $(CHAOS_SECONDS) --subscribers 4 --publishers 3
 
 clean:
 	rm -rf $(VENV) site tests/asyncapi/node_modules docs/node_modules
