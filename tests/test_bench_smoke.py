@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from redis_support import require_redis_server
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 MACHINE_FIELDS = {"cpu_model", "python", "websockets", "unisock"}
 
@@ -63,3 +65,35 @@ def test_memory_benchmark_writes_kib_per_idle_connection(tmp_path: Path) -> None
         assert {"rss_0_kib", "rss_n_kib", "kib_per_connection"} <= set(run)
     assert {"max_kib_per_connection", "kib_per_connection", "met"} <= set(data["target"])
     assert "| `unisock` |" in (tmp_path / "memory.md").read_text()
+
+
+@pytest.mark.slow
+def test_broker_benchmark_writes_latency_cpu_and_redis_work_per_publish(tmp_path: Path) -> None:
+    require_redis_server()
+    data = _run(
+        "broker.py",
+        tmp_path,
+        "--subscribers",
+        "4",
+        "--events",
+        "12",
+        "--warmup",
+        "2",
+        "--samples",
+        "5",
+        "--monitored",
+        "3",
+    )
+    assert data["benchmark"] == "broker"
+    assert set(data["scenarios"]) == {"memory", "redis"}
+    for scenario in data["scenarios"].values():
+        (run,) = scenario["runs"]
+        assert run["deliveries"] == 48
+        assert run["latency_ms"]["samples"] == 5
+    redis = data["redis_per_publish"]
+    assert redis["monitored_publishes"] == 3
+    # The measured count, not a timing: a publish is one EVALSHA whatever the machine.
+    assert redis["round_trips_per_publish"] == 1.0
+    assert redis["script_commands_per_publish"]["xadd"] == 2.0
+    assert set(data["target"]) == {"latency_p50_added_ms", "round_trips_per_publish", "cpu_ratio"}
+    assert "| `redis` |" in (tmp_path / "broker.md").read_text()

@@ -11,11 +11,21 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
+import redis
 
-from redis_support import delete_prefix, fresh_prefix, private_redis, require_redis
-from server_harness import LIMIT, ServerHarness, asynctest, running_server, token
+from redis_support import NodeProcess, delete_prefix, fresh_prefix, private_redis, require_redis
+from server_harness import (
+    LIMIT,
+    SECRET,
+    ServerHarness,
+    asynctest,
+    http_get,
+    running_server,
+    token,
+)
 from unisock.config import ServerConfig
 from unisock.redis_broker import RedisBroker
 
@@ -167,3 +177,26 @@ async def test_a_node_that_missed_fanout_entries_closes_its_connections_with_101
         assert (closed.code, closed.reason) == (1012, "service_restart;window_ms=3000")
         # The other node read every entry: its connections stay.
         assert (await publisher.request({"type": "ping"}))["type"] == "pong"
+
+
+def test_serve_with_broker_options_runs_a_node_on_redis_under_the_prefix(
+    shared: tuple[str, str], tmp_path: Path
+) -> None:
+    """``unisock serve --broker URL --broker-prefix P`` as an operator types it."""
+    url, prefix = shared
+    node = NodeProcess(
+        "--broker", url, "--broker-prefix", prefix, secret=SECRET, log=tmp_path / "node.log"
+    )
+    try:
+        host, port = node.url.removeprefix("ws://").rstrip("/").rsplit(":", 1)
+
+        async def main() -> tuple[int, str]:
+            return await http_get(host, int(port), "/healthz")
+
+        status, body = asyncio.run(main())
+        assert (status, json.loads(body)) == (200, {"status": "ok", "broker": "ok"})
+        with redis.Redis.from_url(url) as client:
+            # The node announced itself under the prefix (its liveness key).
+            assert len(list(client.scan_iter(match=f"{prefix}node:*"))) == 1
+    finally:
+        node.stop()
