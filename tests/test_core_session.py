@@ -408,6 +408,15 @@ def test_server_closes_4201_when_nothing_arrives_for_interval_plus_timeout() -> 
     assert core.state is State.CLOSED
 
 
+def test_server_does_not_take_a_peer_for_dead_while_it_reads_nothing_from_it() -> None:
+    """UNI-ERR-16: while the adapter awaits the broker for this connection, frames the peer
+    sent wait unread; silence over that time is no reason for 4201."""
+    core, _ = opened(ServerConfig(heartbeat_interval_ms=1000, heartbeat_timeout_ms=500))
+    core.reading_paused(T0 + 1400)  # the adapter was still awaiting the broker then
+    assert [a for a in core.tick(T0 + 2800) if isinstance(a, Close)] == []
+    assert core.tick(T0 + 2900) == [Close(4201, "heartbeat_timeout")]
+
+
 def test_even_an_invalid_message_counts_as_a_sign_of_life() -> None:
     core, clock = opened(ServerConfig(heartbeat_interval_ms=1000, heartbeat_timeout_ms=500))
     clock.now = T0 + 1400
