@@ -4,6 +4,7 @@ store has (several brokers on one Redis, key prefixes, generations, the one-roun
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -125,5 +126,30 @@ def test_brokers_under_different_prefixes_share_nothing(
         finally:
             await a.close()
             await b.close()
+
+    run(main())
+
+
+def test_redis_broker_serves_far_more_concurrent_operations_than_it_has_connections(
+    redis_url: str, prefixes: list[str]
+) -> None:
+    """A thousand clients connecting at once queue for a connection; none is refused."""
+    prefix = fresh_prefix("burst")
+    prefixes.append(prefix)
+
+    async def main() -> None:
+        broker = RedisBroker(redis_url, prefix=prefix, encode_frame=CountingEncoder())
+        await broker.start()
+        try:
+            registered = await asyncio.gather(
+                *(broker.register_connection("acme", f"u{i}", None, f"c{i}", 5) for i in range(400))
+            )
+            assert registered == [[]] * 400
+            acks = await asyncio.gather(
+                *(broker.publish(make_record(TASKS, f"m{i}")) for i in range(400))
+            )
+            assert sorted(a.event.offset for a in acks) == list(range(1, 401))
+        finally:
+            await broker.close()
 
     run(main())

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any, Final
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -67,6 +67,8 @@ _LUA: Final = resources.files("unisock").joinpath("lua/broker.lua").read_text(en
 _BLOCK_MS: Final = 1000
 """How long one fan-out read waits for entries; also how often reachability is re-checked."""
 _READ_BATCH: Final = 500
+_POOL_SIZE: Final = 32
+"""Commands in flight to Redis from one node at most; more wait for a connection."""
 _HISTORY_GRACE_MS: Final = 60_000
 """An idle channel's history key outlives its age window by this much, then Redis drops it."""
 _USER_TTL_MS: Final = 7 * 24 * 3600 * 1000
@@ -149,18 +151,21 @@ class RedisBroker:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def _client(self, timeout_s: float, *, single: bool = False) -> Redis:
-        # One retry on a broken connection (a restarted Redis leaves dead pooled connections);
-        # a retried publish that had in fact been applied comes back as a duplicate.
-        retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
-        client: Redis = Redis.from_url(
+    def _client(self, timeout_s: float, *, connections: int) -> Redis:
+        # A bounded pool that waits for a free connection: a thousand clients subscribing at
+        # once queue for Redis instead of failing (Redis runs one command at a time anyway).
+        # One retry on a broken connection (a restarted Redis leaves dead pooled ones); a
+        # retried publish that had in fact been applied comes back as a duplicate.
+        pool = BlockingConnectionPool.from_url(
             self.url,
+            max_connections=connections,
+            timeout=self._timeout_s,
             decode_responses=True,
             socket_timeout=timeout_s,
             socket_connect_timeout=self._timeout_s,
-            retry=retry,
-            single_connection_client=single,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
+        client: Redis = Redis.from_pool(pool)
         return client
 
     async def start(self) -> None:
@@ -169,8 +174,8 @@ class RedisBroker:
         A Redis that cannot be reached yet does not stop the node: it serves ``unavailable``
         until Redis answers, then carries on by itself.
         """
-        self._cmd = self._client(self._timeout_s)
-        self._tail = self._client(self._timeout_s + _BLOCK_MS / 1000, single=True)
+        self._cmd = self._client(self._timeout_s, connections=_POOL_SIZE)
+        self._tail = self._client(self._timeout_s + _BLOCK_MS / 1000, connections=1)
         try:
             await self._heartbeat()
             await self._baseline()
