@@ -69,6 +69,8 @@ _BLOCK_MS: Final = 1000
 _READ_BATCH: Final = 500
 _POOL_SIZE: Final = 32
 """Commands in flight to Redis from one node at most; more wait for a connection."""
+_POOL_WAIT_S: Final = 5.0
+"""How long a command may wait for a free connection during a burst before it fails."""
 _HISTORY_GRACE_MS: Final = 60_000
 """An idle channel's history key outlives its age window by this much, then Redis drops it."""
 _USER_TTL_MS: Final = 7 * 24 * 3600 * 1000
@@ -159,7 +161,7 @@ class RedisBroker:
         pool = BlockingConnectionPool.from_url(
             self.url,
             max_connections=connections,
-            timeout=self._timeout_s,
+            timeout=max(self._timeout_s, _POOL_WAIT_S),
             decode_responses=True,
             socket_timeout=timeout_s,
             socket_connect_timeout=self._timeout_s,
