@@ -35,6 +35,7 @@ from unisock_conformance.deployment import (
 )
 from unisock_conformance.grading import (
     TestResult,
+    combine,
     exit_status,
     grade_requirements,
     grade_test,
@@ -42,15 +43,20 @@ from unisock_conformance.grading import (
     worst,
 )
 from unisock_conformance.markers import scan_tests
+from unisock_conformance.pacing import Pacer
 from unisock_conformance.paths import SPEC_DIR
 from unisock_conformance.progress import Progress
 from unisock_conformance.report import (
     SCHEMA_PATH,
+    RunInfo,
+    failure_file,
     requirement_link,
     sanitize_text,
     sanitize_url,
+    write_reports,
 )
 from unisock_conformance.spectext import load_registry
+from unisock_conformance.timing import require_time
 from unisock_conformance.wire import FrameTimeout, ProtocolViolation, open_conn
 
 SECRET = "conformance-framework-test-secret-0123456789"
@@ -159,8 +165,9 @@ def _assert_complete_and_secret_free(report_dir: Path, report: dict[str, Any]) -
             assert entry["outcome"] == "inspection", entry
         elif not entry["tests"]:
             assert entry["outcome"] == "untested", entry
-    for path in report_dir.iterdir():
-        assert SECRET not in path.read_text("utf-8"), f"{path.name} leaks the secret"
+    for path in report_dir.rglob("*"):
+        if path.is_file():
+            assert SECRET not in path.read_text("utf-8"), f"{path.name} leaks the secret"
 
 
 # -- the suite against the reference server ---------------------------------------------------
@@ -462,7 +469,8 @@ def test_suite_passes_against_the_reference_server_with_conformance_timers(
         entry["id"]: entry["outcome"]
         for entry in report["requirements"]
         if entry["level"] == "MUST"
-        and entry["outcome"] not in ("pass", "not-run", "unimplemented", "inspection")
+        and entry["outcome"]
+        not in ("pass", "not-run", "unimplemented", "inspection", "not-applicable")
         and not (entry["role"] == "client" and entry["outcome"] == "not-applicable")
         and not (entry["role"] == "broadcaster" and entry["id"] in by_client_suite)
     }
@@ -532,6 +540,16 @@ def test_skipped_checks_are_graded_unimplemented_or_not_run_by_reason() -> None:
     )
     assert grade_test(_result("deselected", "UNI-X-1"), ["MUST"]) == "not-run"
     assert grade_test(_result("passed", "UNI-X-1"), ["MUST"]) == "pass"
+
+
+def test_requirement_passes_when_one_check_ran_and_none_failed() -> None:
+    assert combine(["pass", "not-run"]) == "pass"
+    assert combine(["not-run", "unimplemented"]) == "unimplemented"
+    assert combine(["not-applicable", "not-run"]) == "not-run"
+    assert combine(["not-applicable", "pass"]) == "pass"
+    assert combine(["not-applicable"]) == "not-applicable"
+    assert combine(["pass", "non-strict", "not-run"]) == "non-strict"
+    assert combine(["non-strict", "fail"]) == "fail"
 
 
 def test_worst_outcome_orders_fail_over_non_strict_over_unimplemented_over_not_run() -> None:
@@ -741,3 +759,62 @@ def test_progress_prints_one_line_per_area_and_the_failures_with_their_rerun_com
     assert "rerun: --seed 3 -k 'test_b'" in text
     assert "auth           1 pass, 1 fail" in text and "subscribe      1 pass" in text
     assert "Failed MUST requirements:" in text and "Verdict: non-conforming (seed 3)" in text
+
+
+def test_failed_check_naming_its_broken_rule_fails_only_that_rule() -> None:
+    model = TestResult(
+        "t.py::model", ("UNI-A-1", "UNI-A-2", "UNI-A-4"), "failed", "boom", violated=("UNI-A-2",)
+    )
+    grades = grade_requirements(REGISTRY_SAMPLE, [model], features=None)
+    outcome = {ident: grade.outcome for ident, grade in grades.requirements.items()}
+    assert outcome["UNI-A-2"] == "non-strict"
+    assert outcome["UNI-A-1"] == "not-run" and outcome["UNI-A-4"] == "not-run"
+    assert grades.tests["t.py::model"] == "non-strict"
+    assert exit_status(grades) == 0
+
+
+def test_not_applicable_checks_leave_a_requirement_not_applicable_unless_one_ran() -> None:
+    skipped = TestResult("t.py::na", ("UNI-A-1",), "skipped", "not-applicable: no issuer")
+    grades = grade_requirements(REGISTRY_SAMPLE, [skipped], features=None)
+    assert grades.requirements["UNI-A-1"].outcome == "not-applicable"
+    assert grades.tests["t.py::na"] == "not-applicable"
+    ran = TestResult("t.py::ok", ("UNI-A-1",), "passed")
+    grades = grade_requirements(REGISTRY_SAMPLE, [skipped, ran], features=None)
+    assert grades.requirements["UNI-A-1"].outcome == "pass"
+
+
+def test_pacer_spends_one_token_less_than_the_burst_then_waits() -> None:
+    pacer = Pacer.from_limits({"publish_rate": {"per_second": 1000, "burst": 3}})
+    assert pacer is not None
+    pacer.take()
+    pacer.take()
+    assert not pacer.ready() and pacer.wait_s() > 0
+    pacer.take()
+    assert pacer.waited_s > 0
+    for limits in ({}, {"publish_rate": {"per_second": 0, "burst": 3}}, {"publish_rate": 5}):
+        assert Pacer.from_limits(limits) is None
+
+
+def test_timing_check_beyond_the_budget_is_not_run_and_names_the_budget_that_runs_it() -> None:
+    quick = Deployment("ws://a/", profile="quick")
+    require_time(quick, 59.0, "a short wait")
+    with pytest.raises(
+        pytest.skip.Exception, match=r"not-run: skipped for time:.*--time-budget 91"
+    ):
+        require_time(quick, 90.0, "a long wait")
+    require_time(Deployment("ws://a/", time_budget_s=100.0), 90.0, "a long wait")
+
+
+def test_report_keeps_a_long_failure_whole_in_a_linked_file(tmp_path: Path) -> None:
+    deployment = Deployment("ws://a/")
+    text = "E   step\n" * 2000
+    results = {"t.py::model": TestResult("t.py::model", ("UNI-A-1",), "failed", text)}
+    grades = grade_requirements(REGISTRY_SAMPLE, results.values(), features=None)
+    run = RunInfo(deployment, 0.0, 1.0, None, 1)
+    write_reports(tmp_path, REGISTRY_SAMPLE, grades, results, run)
+    report = _report(tmp_path)
+    [entry] = report["tests"]
+    assert entry["message_file"] == failure_file("t.py::model")
+    assert len(entry["message"]) < len(text) and entry["message_file"] in entry["message"]
+    assert text.strip() in (tmp_path / entry["message_file"]).read_text("utf-8")
+    Draft202012Validator(json.loads(SCHEMA_PATH.read_text("utf-8"))).validate(report)

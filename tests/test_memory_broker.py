@@ -350,3 +350,93 @@ def test_memory_broker_never_supersedes_the_new_connection_under_a_zero_cap() ->
         ]
 
     assert run(main()) == [[], ["c1"]]
+
+
+# -- idle channel state (UNI-SEC-14) -----------------------------------------------------------
+
+
+def _idle_broker() -> tuple[MemoryBroker, ManualClock]:
+    clock = ManualClock()
+    return memory(clock=clock, history_max_age_ms=1_000), clock
+
+
+def test_memory_broker_discards_idle_unused_channels_and_starts_a_new_epoch() -> None:
+    broker, clock = _idle_broker()
+    key = ChannelKey("acme", None, "tasks.42")
+
+    async def main() -> None:
+        first = (await broker.publish(make_record(key, "m1"))).event
+        clock.advance(1_001)
+        assert broker.discard_idle(lambda _key: False) == 1
+        head = await broker.head(key)
+        assert head.offset == 0 and head.epoch != first.epoch  # UNI-DEL-8: never reused
+        again = (await broker.publish(make_record(key, "m2"))).event
+        assert (again.epoch, again.offset) == (head.epoch, 1)
+        old = await broker.replay(key, Position(first.epoch, 1))
+        assert old.gap == "epoch_changed"
+
+    run(main())
+
+
+def test_memory_broker_keeps_channels_in_use_or_younger_than_the_age_bound() -> None:
+    broker, clock = _idle_broker()
+    used, young = ChannelKey("acme", None, "used"), ChannelKey("acme", None, "young")
+
+    async def main() -> None:
+        await broker.publish(make_record(used, "m1"))
+        clock.advance(900)
+        await broker.publish(make_record(young, "m2"))
+        clock.advance(200)
+        assert broker.discard_idle(lambda key: key == used) == 0
+        assert (await broker.head(used)).offset == 1
+        assert (await broker.head(young)).offset == 1
+
+    run(main())
+
+
+def test_memory_broker_reports_discarded_history_to_a_resume_by_time() -> None:
+    broker, clock = _idle_broker()
+    key = ChannelKey("acme", None, "tasks.7")
+
+    async def main() -> None:
+        event = (await broker.publish(make_record(key, "m1"))).event
+        clock.advance(1_001)
+        broker.discard_idle(lambda _key: False)
+        assert key in await broker.channels("acme", None, "tenant")
+        lost = await broker.replay_since(key, event.ts)
+        assert lost.gap == "epoch_changed" and lost.events == ()
+        assert (await broker.replay_since(key, event.ts + 1)).gap is None
+        await broker.publish(make_record(key, "m2"))
+        assert (await broker.replay_since(key, event.ts)).gap == "epoch_changed"
+
+    run(main())
+
+
+def test_memory_broker_discards_a_subscribed_but_unpublished_channel_without_a_tombstone() -> None:
+    broker, clock = _idle_broker()
+    key = ChannelKey("acme", None, "quiet")
+
+    async def main() -> None:
+        head = await broker.head(key)
+        clock.advance(1_001)
+        assert broker.discard_idle(lambda _key: False) == 1
+        assert key not in await broker.channels("acme", None, "tenant")
+        assert (await broker.replay_since(key, 0)).gap is None
+        assert (await broker.head(key)).epoch != head.epoch
+
+    run(main())
+
+
+def test_memory_broker_keeps_the_epoch_a_subscribe_announced_until_the_channel_is_idle() -> None:
+    broker, clock = _idle_broker()
+    quiet, other = ChannelKey("acme", None, "quiet"), ChannelKey("acme", None, "other")
+
+    async def main() -> None:
+        await broker.publish(make_record(other, "m1"))
+        head = await broker.head(quiet)  # announced in `subscribed`
+        clock.advance(1_001)
+        broker.discard_idle(lambda key: key == quiet)  # discards `other` only
+        event = (await broker.publish(make_record(quiet, "m2"))).event
+        assert (event.epoch, event.offset) == (head.epoch, 1)
+
+    run(main())

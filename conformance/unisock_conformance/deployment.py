@@ -20,6 +20,7 @@ from typing import Any, Final, NoReturn
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
+    "NOT_APPLICABLE_PREFIX",
     "NOT_RUN_PREFIX",
     "PROFILES",
     "UNIMPLEMENTED_PREFIX",
@@ -28,6 +29,8 @@ __all__ = [
     "ServerInfo",
     "default_time_scale",
     "hypothesis_profile",
+    "not_applicable",
+    "not_run",
     "require_secret",
     "unimplemented",
 ]
@@ -35,9 +38,11 @@ __all__ = [
 PROFILES: Final = ("quick", "full")
 # Base wait for one expected frame, before scaling (``Deployment.timeout``).
 DEFAULT_TIMEOUT_S: Final = 5.0
-# Skip reasons starting with these prefixes are graded "unimplemented" / "not-run".
+# Skip reasons starting with these prefixes are graded "unimplemented" / "not-run" /
+# "not-applicable" (the requirement's condition does not hold for this deployment).
 UNIMPLEMENTED_PREFIX: Final = "unimplemented:"
 NOT_RUN_PREFIX: Final = "not-run:"
+NOT_APPLICABLE_PREFIX: Final = "not-applicable:"
 
 
 def default_time_scale() -> float:
@@ -67,6 +72,9 @@ class Deployment:
     token_command: str | None = field(default=None, repr=False)
     broadcaster_token: str | None = field(default=None, repr=False)
     origin: str | None = None
+    """An Origin the deployment's allowlist contains; test connections send it."""
+    any_origin: bool = False
+    """The deployment has no Origin allowlist: it accepts every Origin (UNI-SEC-1 binds none)."""
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     time_scale: float = 1.0
     seed: int = 0
@@ -84,6 +92,12 @@ class Deployment:
     """Shell command that makes the broker reachable again after ``outage_command``."""
     coalescing_channel: str | None = None
     """A channel the deployment declares coalescing (the suite cannot discover one)."""
+    time_budget_s: float | None = None
+    """Seconds one timing check may wait (``--time-budget``); None: the profile's budget."""
+    issuer: str | None = None
+    """The ``iss`` the deployment requires (UNI-AUTH-12); tokens the suite signs carry it."""
+    audience: str | None = None
+    """The ``aud`` the deployment requires (UNI-AUTH-13); tokens the suite signs carry it."""
 
     def __post_init__(self) -> None:
         for url in (self.url, *self.node_urls):
@@ -93,6 +107,10 @@ class Deployment:
             raise ValueError("time_scale must be positive")
         if self.profile not in PROFILES:
             raise ValueError(f"unknown profile {self.profile!r}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ValueError("the time budget must be positive")
+        if self.any_origin and self.origin is not None:
+            raise ValueError("--origin names an allowlist entry; --any-origin says there is none")
 
     def can_sign(self) -> bool:
         """True only with a shared secret: crafted claims (forged, odd, expired) need one."""
@@ -166,6 +184,10 @@ class Deployment:
             claims["sid"] = sid
         if broadcaster:
             claims["role"] = "broadcaster"
+        if self.issuer is not None:
+            claims["iss"] = self.issuer
+        if self.audience is not None:
+            claims["aud"] = self.audience
         return claims
 
     def sign(
@@ -260,6 +282,7 @@ class Deployment:
             else ("command" if self.token_command is not None else "none"),
             "broadcaster_token": self.broadcaster_token is not None,
             "origin": self.origin,
+            "any_origin": self.any_origin,
             "header_names": [name for name, _ in self.headers],
             "time_scale": self.time_scale,
             "seed": self.seed,
@@ -269,6 +292,8 @@ class Deployment:
             "reset_command": self.reset_command is not None,
             "outage_command": self.outage_command is not None,
             "coalescing_channel": self.coalescing_channel,
+            "issuer": self.issuer is not None,
+            "audience": self.audience is not None,
         }
 
 
@@ -372,7 +397,22 @@ def require_secret(deployment: Deployment) -> None:
 
 
 def unimplemented(reason: str) -> NoReturn:
-    """End a check as ``unimplemented``: optional (MAY or feature) behaviour is absent."""
+    """End a check as ``unimplemented``: the server does not announce the feature it needs."""
     import pytest
 
     pytest.skip(f"{UNIMPLEMENTED_PREFIX} {reason}")
+
+
+def not_run(reason: str) -> NoReturn:
+    """End a check as ``not-run``: a precondition is missing; ``reason`` says how to meet it."""
+    import pytest
+
+    pytest.skip(f"{NOT_RUN_PREFIX} {reason}")
+
+
+def not_applicable(reason: str) -> NoReturn:
+    """End a check as ``not-applicable``: the requirement binds deployments configured
+    otherwise (for example an issuer rule on a server without an issuer)."""
+    import pytest
+
+    pytest.skip(f"{NOT_APPLICABLE_PREFIX} {reason}")

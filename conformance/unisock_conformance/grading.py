@@ -1,7 +1,9 @@
 """Grades (spec section 14.2): from raw test results to per-test and per-requirement outcomes.
 
 A failed check fails each MUST it carries and makes each SHOULD or MAY it carries
-``non-strict``. A requirement takes the worst outcome over its checks; a requirement of an
+``non-strict`` (a check that names the rules it found broken fails only those). A requirement
+fails when one of its checks does, passes when one ran and none failed, and is otherwise
+``unimplemented``, ``not-run`` or ``not-applicable`` as its checks say; a requirement of an
 optional feature the server does not announce is ``unimplemented`` (UNI-CONF-2); one with no
 check at all is ``untested``; one of another role is ``not-applicable``. A requirement the
 registry marks ``"verification": "inspection"`` cannot be observed through the protocol: it
@@ -14,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from unisock_conformance.deployment import UNIMPLEMENTED_PREFIX
+from unisock_conformance.deployment import NOT_APPLICABLE_PREFIX, UNIMPLEMENTED_PREFIX
 
 __all__ = [
     "OUTCOMES",
@@ -22,12 +24,14 @@ __all__ = [
     "SERVER_ROLES",
     "SEVERITY",
     "VERIFICATION_INSPECTION",
+    "VIOLATED_PROPERTY",
     "Grades",
     "Outcome",
     "RequirementGrade",
     "RequirementOutcome",
     "TestResult",
     "Verdict",
+    "combine",
     "exit_status",
     "grade_requirements",
     "grade_test",
@@ -36,7 +40,7 @@ __all__ = [
     "worst",
 ]
 
-Outcome = Literal["pass", "fail", "non-strict", "unimplemented", "not-run"]
+Outcome = Literal["pass", "fail", "non-strict", "unimplemented", "not-run", "not-applicable"]
 RequirementOutcome = Literal[
     "pass",
     "fail",
@@ -50,15 +54,28 @@ RequirementOutcome = Literal[
 Status = Literal["passed", "failed", "skipped", "deselected"]
 Verdict = Literal["conforming", "conforming (non-strict)", "non-conforming"]
 
-OUTCOMES: Final[tuple[Outcome, ...]] = ("pass", "fail", "non-strict", "unimplemented", "not-run")
+OUTCOMES: Final[tuple[Outcome, ...]] = (
+    "pass",
+    "fail",
+    "non-strict",
+    "unimplemented",
+    "not-run",
+    "not-applicable",
+)
 REQUIREMENT_OUTCOMES: Final[tuple[RequirementOutcome, ...]] = (
-    *OUTCOMES,
+    "pass",
+    "fail",
+    "non-strict",
+    "unimplemented",
+    "not-run",
     "untested",
     "inspection",
     "not-applicable",
 )
-# Worst-of order: a requirement is only as good as its weakest check.
+# Worst-of order: a requirement is only as good as its weakest check. A check that found the
+# requirement's condition absent from the deployment (``not-applicable``) says the least.
 SEVERITY: Final[Mapping[Outcome, int]] = {
+    "not-applicable": -1,
     "pass": 0,
     "not-run": 1,
     "unimplemented": 2,
@@ -68,6 +85,9 @@ SEVERITY: Final[Mapping[Outcome, int]] = {
 SERVER_ROLES: Final = frozenset({"server", "broadcaster"})
 # Registry ``verification`` value of requirements no run can observe (spec 14.2).
 VERIFICATION_INSPECTION: Final = "inspection"
+# pytest user property by which a failed check names the rules it found broken: the failure
+# is graded against those only; its other requirements count as not run by that check.
+VIOLATED_PROPERTY: Final = "unisock-violated"
 
 
 @dataclass(frozen=True)
@@ -82,6 +102,8 @@ class TestResult:
     message: str = ""
     duration_s: float = 0.0
     features: tuple[str, ...] = ()
+    violated: tuple[str, ...] = ()
+    """For a failed check that knows which of its rules broke: those rules, first first."""
 
 
 @dataclass(frozen=True)
@@ -108,22 +130,52 @@ class Grades:
 
 def worst(outcomes: Iterable[Outcome]) -> Outcome:
     """The worst outcome (``pass`` for none)."""
-    result: Outcome = "pass"
+    result: Outcome | None = None
     for outcome in outcomes:
-        if SEVERITY[outcome] > SEVERITY[result]:
+        if result is None or SEVERITY[outcome] > SEVERITY[result]:
             result = outcome
-    return result
+    return "pass" if result is None else result
+
+
+# How the checks of one requirement combine (spec 14.2): a failure decides; otherwise one
+# check that ran and passed makes it ``pass`` (a skipped check beside it does not undo that);
+# only when none ran is it ``unimplemented``, ``not-run`` or ``not-applicable``.
+_REQUIREMENT_ORDER: Final[tuple[Outcome, ...]] = (
+    "fail",
+    "non-strict",
+    "pass",
+    "unimplemented",
+    "not-run",
+    "not-applicable",
+)
+
+
+def combine(outcomes: Iterable[Outcome]) -> Outcome:
+    """A requirement's outcome from the outcomes of all of its checks (``pass`` for none)."""
+    present = set(outcomes)
+    return next((outcome for outcome in _REQUIREMENT_ORDER if outcome in present), "pass")
 
 
 def _skip_outcome(message: str) -> Outcome:
-    return "unimplemented" if message.strip().startswith(UNIMPLEMENTED_PREFIX) else "not-run"
+    text = message.strip()
+    if text.startswith(UNIMPLEMENTED_PREFIX):
+        return "unimplemented"
+    if text.startswith(NOT_APPLICABLE_PREFIX):
+        return "not-applicable"
+    return "not-run"
 
 
-def outcome_for_level(result: TestResult, level: str) -> Outcome:
-    """What one test says about one requirement of ``level``."""
+def outcome_for_level(result: TestResult, level: str, ident: str | None = None) -> Outcome:
+    """What one test says about one requirement (``ident``) of ``level``.
+
+    A failed test that names the rules it found broken fails only those; for its other
+    requirements it stopped before it could tell, so it counts as not run.
+    """
     if result.status == "passed":
         return "pass"
     if result.status == "failed":
+        if result.violated and ident is not None and ident not in result.violated:
+            return "not-run"
         return "fail" if level == "MUST" else "non-strict"
     if result.status == "deselected":
         return "not-run"
@@ -158,10 +210,12 @@ def grade_requirements(
     for result in results:
         known = [ident for ident in result.requirements if ident in entries]
         levels = [entries[i]["level"] for i in known if entries[i]["role"] in roles]
+        if result.violated:
+            levels = [entries[i]["level"] for i in result.violated if i in entries] or levels
         grades.tests[result.nodeid] = grade_test(result, levels)
         for ident in known:
             tests_of[ident].append(result.nodeid)
-            by_requirement[ident].append(outcome_for_level(result, entries[ident]["level"]))
+            by_requirement[ident].append(outcome_for_level(result, entries[ident]["level"], ident))
     for ident, entry in entries.items():
         feature = entry.get("feature")
         outcome: RequirementOutcome
@@ -174,7 +228,7 @@ def grade_requirements(
         elif feature is not None and features is not None and feature not in features:
             outcome = "unimplemented"
         else:
-            outcome = worst(by_requirement[ident])
+            outcome = combine(by_requirement[ident])
         grades.requirements[ident] = RequirementGrade(
             id=ident,
             level=entry["level"],

@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 __all__ = [
+    "CLAUSE_REQUIREMENTS",
     "DEFAULT_MAX_FILTER_NODES",
     "ME",
     "SYS",
     "Model",
     "ModelConn",
+    "ModelViolation",
     "Publish",
     "Rules",
     "Sub",
@@ -432,6 +434,31 @@ class Violation:
         return f"[{self.requirement}] on {self.conn}: {self.text}"
 
 
+class ModelViolation(AssertionError):
+    """A stateful check failed: ``requirements`` are the rules found broken, first first.
+
+    The report attributes the failure to these rules only, not to every rule the model
+    covers, so that one bug reads as one failed requirement (spec 14.2).
+    """
+
+    def __init__(self, requirements: Sequence[str], text: str) -> None:
+        super().__init__(text)
+        self.requirements = tuple(dict.fromkeys(requirements))
+
+
+# The requirement each clause of the delivery predicate (section 7.3) states on its own: an
+# event delivered although clause N fails breaks this rule first.
+CLAUSE_REQUIREMENTS: Final = {
+    "clause 1": "UNI-DEL-12",
+    "clause 2": "UNI-CH-2",
+    "clause 3": "UNI-CH-10",
+    "clause 4": "UNI-DEL-11",
+    "clause 5": "UNI-PUB-10",
+    "clause 6": "UNI-PUB-11",
+    "clause 7": "UNI-PUB-12",
+}
+
+
 @dataclass
 class Publish:
     """One publish the model sent: what the server must sequence and whom it must reach."""
@@ -590,6 +617,9 @@ class Model:
                 self.fail("UNI-DEL-7", p.origin, f"ack without an integer offset: {ack}")
                 return
             head = self.heads.get(p.scope)
+            if head is not None and head[0] != epoch:
+                self._adopt_epoch(p.scope, (epoch, 0), p.origin, f"ack of {p.message_id}")
+                head = self.heads.get(p.scope)
             if head is not None and head[0] == epoch and offset != head[1] + 1:
                 self.fail(
                     "UNI-DEL-7",
@@ -597,14 +627,36 @@ class Model:
                     f"offset {offset} after head {head[1]} in epoch {epoch} of {p.channel}",
                 )
             if (head is None or head[0] != epoch) and offset != 1:
-                what = "first publish on a fresh channel" if head is None else "new epoch"
-                self.fail("UNI-DEL-7", p.origin, f"{what} got offset {offset}, not 1: {ack}")
+                self.fail(
+                    "UNI-DEL-7", p.origin, f"first publish of an epoch got offset {offset}: {ack}"
+                )
             p.acked, p.epoch, p.offset = True, epoch, offset
             self.heads[p.scope] = (epoch, offset)
             self.by_position[(p.scope, epoch, offset)] = p
             for conn_key, frame in p.frames:
                 self._check_position(conn_key, p, frame)
             self.changed.notify_all()
+
+    def _adopt_epoch(self, scope: Scope, position: Position, conn_key: str, what: str) -> None:
+        """The server shows a new epoch for ``scope``: allowed only when nothing was lost that
+        UNI-DEL-22 obliges it to keep (UNI-SEC-14 discards idle state; a broker may lose it);
+        the model then continues in the new epoch."""
+        head = self.heads.get(scope)
+        if head is None or head[0] == position[0]:
+            return
+        kept = [
+            p
+            for (where, epoch, _), p in self.by_position.items()
+            if where == scope and epoch == head[0] and self.retained(p)
+        ]
+        if kept:
+            self.fail(
+                "UNI-DEL-22",
+                conn_key,
+                f"{what}: epoch {head[0]} of {scope[-1]} was replaced by {position[0]} although "
+                f"{kept[-1].describe()} is within the announced history window",
+            )
+        self.heads[scope] = position
 
     def on_duplicate_ack(self, p: Publish, ack: Mapping[str, Any]) -> None:
         """A retry with the same ``message_id`` gets the original position (UNI-PUB-21)."""
@@ -765,8 +817,11 @@ class Model:
             self.fail("UNI-SUB-2", c.key, f"no position for {sub.pattern}: {frame}")
             return
         owner = c.sub if namespace(sub.pattern) == ME else None
-        head = self.heads.get(scope_of(c.tenant, sub.pattern, owner))
+        scope = scope_of(c.tenant, sub.pattern, owner)
         got = (position.get("epoch"), position.get("offset"))
+        if isinstance(got[0], str) and isinstance(got[1], int):
+            self._adopt_epoch(scope, (got[0], got[1]), c.key, f"subscribed {sub.pattern}")
+        head = self.heads.get(scope)
         if head is None and got[1] != 0:
             self.fail("UNI-SUB-2", c.key, f"{sub.pattern} has no events, position {position}")
         if head is not None and got != head:
@@ -788,6 +843,17 @@ class Model:
     def _on_gap(self, c: ModelConn, frame: Mapping[str, Any]) -> None:
         channel = str(frame.get("channel"))
         epoch, offset, reason = frame.get("epoch"), frame.get("offset"), frame.get("reason")
+        owner = c.sub if namespace(channel) == ME else None
+        scope = scope_of(c.tenant, channel, owner)
+        last = c.last.get(channel)
+        if reason == "epoch_changed" and last is not None and last[0] != epoch:
+            # UNI-DEL-19: a live subscription learns of a new epoch before its first event.
+            if isinstance(epoch, str) and isinstance(offset, int):
+                self._adopt_epoch(scope, (epoch, offset), c.key, f"gap on {channel}")
+                c.last[channel] = (epoch, offset)
+            c.gaps.setdefault(channel, []).append(dict(frame))
+            c.transcript.append(f"gap {channel} {epoch}:{offset} {reason}")
+            return
         resuming = [
             s
             for s in c.active()
@@ -796,8 +862,9 @@ class Model:
         if not resuming:
             self.fail("UNI-SUB-9", c.key, f"gap without a resuming subscription: {frame}")
             return
-        owner = c.sub if namespace(channel) == ME else None
-        head = self.heads.get(scope_of(c.tenant, channel, owner))
+        if reason == "epoch_changed" and isinstance(epoch, str) and isinstance(offset, int):
+            self._adopt_epoch(scope, (epoch, offset), c.key, f"gap on {channel}")
+        head = self.heads.get(scope)
         if head is not None and (epoch, offset) != head:
             self.fail("UNI-DEL-16", c.key, f"gap {frame} but the head of {channel} is {head}")
         froms = [s.from_[channel] for s in resuming if channel in s.from_]
@@ -867,9 +934,9 @@ class Model:
             self.fail("UNI-DEL-19", c.key, f"{label}: epoch {last[0]} -> {epoch}, no gap")
         why = self._unjustified(c, p, frame)
         if why is not None:
-            requirement = "UNI-CH-2" if why.startswith("clause 2") else "UNI-DEL-11"
-            if why.startswith("clause 1"):
-                requirement = "UNI-DEL-12"
+            requirement = CLAUSE_REQUIREMENTS.get(why.split(":", 1)[0], "UNI-DEL-11")
+            if why.startswith("clause 4") and self._filtered_out(c, p):
+                requirement = "UNI-SUB-20"
             self.fail(requirement, c.key, f"{label} ({p.describe()}) must not arrive: {why}")
         c.seen.add(marker)
         c.got[mid] = dict(frame)
@@ -899,6 +966,14 @@ class Model:
                 return None
         return "clause 4: sequenced before every matching subscription became active"
 
+    def _filtered_out(self, c: ModelConn, p: Publish) -> bool:
+        """Some active subscription matches the channel, but every such filter is false."""
+        matching = [s for s in c.active() if matches(s.pattern, p.channel)]
+        view = {"event": p.event, "attrs": dict(p.attrs or {})}
+        return bool(matching) and all(
+            s.filter is not None and not filter_eval(s.filter, view) for s in matching
+        )
+
     def _check_content(self, c: ModelConn, p: Publish, frame: Mapping[str, Any]) -> None:
         wrong = []
         if frame.get("channel") != p.channel:
@@ -927,12 +1002,15 @@ class Model:
     # -- reporting --
 
     def check(self) -> None:
-        """Raise AssertionError listing every violation seen so far."""
+        """Raise :class:`ModelViolation` listing every violation seen so far, first first."""
         with self.lock:
             if self.violations:
+                first = self.violations[0]
                 lines = [str(v) for v in self.violations[:20]]
-                raise AssertionError(
-                    "the server broke the delivery rules:\n  " + "\n  ".join(lines)
+                raise ModelViolation(
+                    [v.requirement for v in self.violations],
+                    f"{first.requirement} violated: {first.text}\n"
+                    "every violation seen (first first):\n  " + "\n  ".join(lines),
                 )
 
     def dump(self) -> str:

@@ -13,6 +13,7 @@ from unisock_conformance.deployment import Deployment
 from unisock_conformance.grading import Grades, TestResult, verdict
 from unisock_conformance.report import (
     RunInfo,
+    failure_file,
     group_tests,
     rerun_hint,
     sanitize_text,
@@ -27,8 +28,9 @@ _COLOURS: Final = {
     "non-strict": "33",
     "unimplemented": "36",
     "not-run": "90",
+    "not-applicable": "90",
 }
-_ORDER: Final = ("pass", "fail", "non-strict", "unimplemented", "not-run")
+_ORDER: Final = ("pass", "fail", "non-strict", "unimplemented", "not-run", "not-applicable")
 _COLUMNS: Final = (
     "pass",
     "fail",
@@ -60,6 +62,8 @@ class Progress:
         self.counts: Counter[str] = Counter()
         self.area: str | None = None
         self.area_counts: Counter[str] = Counter()
+        self.report_dir: str | None = None
+        """Where the reports go; a failure's line then names the file with its whole text."""
 
     def _paint(self, outcome: str, text: str) -> str:
         code = _COLOURS.get(outcome)
@@ -113,10 +117,13 @@ class Progress:
         self.area_counts[outcome] += 1
         if outcome in ("fail", "non-strict"):
             label = "FAIL" if outcome == "fail" else "NON-STRICT"
-            ids = ", ".join(result.requirements)
+            ids = ", ".join(result.violated or result.requirements)
             self._write(self._paint(outcome, f"{label} {result.nodeid} [{ids}]"))
             self._write(_indent(_short(sanitize_text(result.message, self.deployment))))
             self._write(f"    rerun: {rerun_hint(result.nodeid, self.deployment.seed)}")
+            if self.report_dir:
+                whole = f"{self.report_dir.rstrip('/')}/{failure_file(result.nodeid)}"
+                self._write(f"    whole failure: {whole}")
         self._status()
 
     def finish(

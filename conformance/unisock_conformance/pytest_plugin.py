@@ -30,6 +30,7 @@ from unisock_conformance.deployment import (
 )
 from unisock_conformance.grading import (
     SERVER_ROLES,
+    VIOLATED_PROPERTY,
     Grades,
     TestResult,
     exit_status,
@@ -38,6 +39,7 @@ from unisock_conformance.grading import (
 )
 from unisock_conformance.paths import SPEC_DIR
 from unisock_conformance.spectext import load_registry
+from unisock_conformance.timing import TIMING_MARKER, Background
 
 __all__ = ["DRAIN_MARKER", "OUTAGE_MARKER", "RESET_MARKER", "SUITE_PLUGIN", "Suite", "get_suite"]
 
@@ -65,7 +67,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "[--publish P]... [--broadcaster] [--ttl N] [--sid S]",
     )
     group.addoption("--unisock-broadcaster-token", help="a broadcaster-role token")
-    group.addoption("--unisock-origin", help="Origin header for test connections")
+    group.addoption(
+        "--unisock-origin",
+        help="an Origin the deployment's allowlist contains (test connections send it)",
+    )
+    group.addoption(
+        "--unisock-any-origin",
+        action="store_true",
+        help="the deployment has no Origin allowlist and accepts every Origin",
+    )
     group.addoption(
         "--unisock-header",
         action="append",
@@ -123,6 +133,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="a channel the deployment declares coalescing (coalescing checks need one)",
     )
     group.addoption(
+        "--unisock-time-budget",
+        type=float,
+        metavar="SECONDS",
+        help="seconds one timing check may wait (default: 60 in the quick profile, 600 in "
+        "full, scaled); timing checks that need longer are not run",
+    )
+    group.addoption(
+        "--unisock-issuer",
+        metavar="ISS",
+        help="the issuer the deployment requires: tokens the suite signs carry it as iss",
+    )
+    group.addoption(
+        "--unisock-audience",
+        metavar="AUD",
+        help="the audience the deployment requires: tokens the suite signs carry it as aud",
+    )
+    group.addoption(
         "--unisock-progress",
         action="store_true",
         help="live progress display and summary table (used by `unisock conformance`)",
@@ -135,6 +162,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         f"{DRAIN_MARKER}: the check drains the deployment, so it runs after every other check",
+    )
+    config.addinivalue_line(
+        "markers",
+        f"{TIMING_MARKER}: a timing check; it runs on a thread of its own from the start",
     )
     config.addinivalue_line(
         "markers",
@@ -181,6 +212,7 @@ def _deployment_from_options(config: pytest.Config) -> Deployment:
             token_command=token_command,
             broadcaster_token=broadcaster_token,
             origin=config.getoption("--unisock-origin"),
+            any_origin=bool(config.getoption("--unisock-any-origin")),
             headers=tuple(headers),
             time_scale=float(scale) if scale is not None else default_time_scale(),
             seed=int(seed),
@@ -191,6 +223,9 @@ def _deployment_from_options(config: pytest.Config) -> Deployment:
             recover_command=config.getoption("--unisock-recover-command") or None,
             node_urls=tuple(str(url) for url in config.getoption("--unisock-node-url")),
             coalescing_channel=config.getoption("--unisock-coalescing-channel") or None,
+            time_budget_s=config.getoption("--unisock-time-budget"),
+            issuer=config.getoption("--unisock-issuer") or None,
+            audience=config.getoption("--unisock-audience") or None,
         )
     except ValueError as error:
         raise pytest.UsageError(str(error)) from None
@@ -249,6 +284,9 @@ class Suite:
         self._info: ServerInfo | None = None
         self._probe_error: BaseException | None = None
         self.progress: Any = None
+        self.background = Background()
+        self._timed: list[pytest.Item] = []
+        self._background_started = False
         # Seed hypothesis through its own option, read by its pytest_configure.
         if config.getoption("hypothesis_seed", default=None) is None:
             config.option.hypothesis_seed = str(deployment.seed)
@@ -260,6 +298,7 @@ class Suite:
             from unisock_conformance.progress import Progress
 
             self.progress = Progress(deployment)
+            self.progress.report_dir = config.getoption("--unisock-report-dir")
 
     # -- probe ------------------------------------------------------------------------------
 
@@ -314,9 +353,30 @@ class Suite:
                 )
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
+        selected = [i for i in session.items if i.nodeid in self.items]
+        self._timed = [i for i in selected if i.get_closest_marker(TIMING_MARKER) is not None]
         if self.progress is not None:
-            selected = [i for i in session.items if i.nodeid in self.items]
             self.progress.start(len(selected))
+
+    def _start_background(self) -> None:
+        """Start the timing checks once, when the server's welcome is known."""
+        if self._background_started:
+            return
+        self._background_started = True
+        try:
+            info = self.server_info()
+        except BaseException:
+            return  # each check reports the probe's failure itself
+        self.background.start(self._timed, self.deployment, info)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
+        """A timing check that ran in the background: collect its outcome."""
+        future = self.background.outcome(pyfuncitem.nodeid)
+        if future is None:
+            return None
+        future.result()
+        return True
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
@@ -330,6 +390,9 @@ class Suite:
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         if item.nodeid not in self.items:
             return
+        self._start_background()
+        if _late_order(item) > 0:
+            self.background.wait_all()  # nothing may run while the server resets or drains
         ids = markers.requirements_of(item)
         if not ids:
             pytest.fail("conformance check carries no @pytest.mark.requirement(...) ID")
@@ -365,6 +428,10 @@ class Suite:
             status = "passed"
         if status is None and report.when == "teardown":
             status = "passed"
+        violated = previous.violated if previous is not None else ()
+        for name, value in report.user_properties:
+            if name == VIOLATED_PROPERTY and report.failed and isinstance(value, tuple):
+                violated = tuple(str(ident) for ident in value)
         self.results[report.nodeid] = TestResult(
             report.nodeid,
             markers.requirements_of(item),
@@ -372,6 +439,7 @@ class Suite:
             message,
             duration,
             markers.features_of(item),
+            violated,
         )
         if report.when == "teardown" and self.progress is not None:
             result = self.results[report.nodeid]
@@ -380,7 +448,7 @@ class Suite:
     def _grade_one(self, result: TestResult) -> str:
         levels = [
             self.levels[ident]
-            for ident in result.requirements
+            for ident in (result.violated or result.requirements)
             if self.roles.get(ident) in SERVER_ROLES
         ]
         return grade_test(result, levels)
@@ -394,6 +462,7 @@ class Suite:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self.background.shutdown()
         self.finished_at = time.time()
         grades = self.grade()
         code = int(exitstatus)

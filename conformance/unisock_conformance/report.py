@@ -36,6 +36,7 @@ __all__ = [
     "SUITE_NAME",
     "RunInfo",
     "build_report",
+    "failure_file",
     "group_tests",
     "requirement_link",
     "rerun_hint",
@@ -85,8 +86,9 @@ def sanitize_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def sanitize_text(text: str, deployment: Deployment) -> str:
-    """Remove tokens and the deployment's secrets from free text (failure messages)."""
+def sanitize_text(text: str, deployment: Deployment, limit: int | None = _MESSAGE_LIMIT) -> str:
+    """Remove tokens and the deployment's secrets from free text (failure messages);
+    cut to ``limit`` characters (None: keep it whole)."""
     cleaned = _JWT.sub("<token>", text)
     for secret in (deployment.secret, deployment.broadcaster_token):
         if secret:
@@ -94,9 +96,25 @@ def sanitize_text(text: str, deployment: Deployment) -> str:
     for _name, value in deployment.headers:
         if value:
             cleaned = cleaned.replace(value, "<header>")
-    if len(cleaned) > _MESSAGE_LIMIT:
-        cleaned = cleaned[:_MESSAGE_LIMIT] + "\n[... truncated]"
+    if limit is not None and len(cleaned) > limit:
+        cleaned = cleaned[:limit] + "\n[... truncated]"
     return cleaned
+
+
+def failure_file(nodeid: str) -> str:
+    """Where, relative to the report directory, the whole text of a failure is kept."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid.split("/")[-1]).strip("_")
+    return f"failures/{name[:150]}.txt"
+
+
+def _message(result: TestResult, deployment: Deployment, files: Mapping[str, str]) -> str:
+    if result.status not in ("failed", "skipped"):
+        return ""
+    text = sanitize_text(result.message, deployment)
+    where = files.get(result.nodeid)
+    if where is not None and len(result.message) > _MESSAGE_LIMIT:
+        text += f"\n[the whole failure, with every step, is in {where}]"
+    return text
 
 
 def _iso(timestamp: float) -> str:
@@ -138,8 +156,11 @@ def build_report(
     grades: Grades,
     results: Mapping[str, TestResult],
     run: RunInfo,
+    message_files: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The JSON report (schema ``report.schema.json``)."""
+    """The JSON report (schema ``report.schema.json``); ``message_files`` maps a failed
+    check to the file (relative to the report) that keeps its whole failure text."""
+    files = dict(message_files or {})
     deployment = run.deployment
     applicable = [g for g in grades.requirements.values() if g.outcome != "not-applicable"]
     by_level: dict[str, dict[str, int]] = {}
@@ -212,10 +233,10 @@ def build_report(
                 "status": result.status,
                 "requirements": list(result.requirements),
                 "duration_s": round(result.duration_s, 4),
-                "message": sanitize_text(result.message, deployment)
-                if result.status in ("failed", "skipped")
-                else "",
+                "message": _message(result, deployment, files),
                 "rerun": rerun_hint(nodeid, deployment.seed),
+                **({"violated": list(result.violated)} if result.violated else {}),
+                **({"message_file": files[nodeid]} if nodeid in files else {}),
             }
             for nodeid, result in sorted(results.items())
         ],
@@ -231,9 +252,19 @@ def write_reports(
     *,
     link_base: str = "spec/",
 ) -> dict[str, Path]:
-    """Write ``report.json``, ``report.html`` and ``report.md`` into ``directory``."""
+    """Write ``report.json``, ``report.html`` and ``report.md`` into ``directory``, and the
+    whole text of each failure into ``directory/failures/`` (the report links to it)."""
     directory.mkdir(parents=True, exist_ok=True)
-    report = build_report(registry, grades, results, run)
+    files: dict[str, str] = {}
+    for nodeid, result in results.items():
+        if result.status == "failed" and result.message:
+            files[nodeid] = failure_file(nodeid)
+            path = directory / files[nodeid]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            text = sanitize_text(result.message, run.deployment, limit=None)
+            hint = rerun_hint(nodeid, run.deployment.seed)
+            path.write_text(f"{nodeid}\nrerun: {hint}\n\n{text}\n", "utf-8")
+    report = build_report(registry, grades, results, run, files)
     paths = {
         "json": directory / "report.json",
         "html": directory / "report.html",
@@ -388,8 +419,11 @@ def render_html(report: Mapping[str, Any], link_base: str = "spec/") -> str:
         "<th>requirements</th><th>details</th></tr>"
     )
     for test in report["tests"]:
+        whole = test.get("message_file")
+        link = f' <a href="{esc(whole)}">whole failure</a>' if whole else ""
         details = (
-            f"<pre>{esc(test['message'])}</pre><p>rerun: <code>{esc(test['rerun'])}</code></p>"
+            f"<pre>{esc(test['message'])}</pre><p>rerun: <code>{esc(test['rerun'])}</code>"
+            f"{link}</p>"
             if test["message"]
             else ""
         )

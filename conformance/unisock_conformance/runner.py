@@ -49,7 +49,28 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
         "[--publish P]... [--broadcaster] [--ttl N] [--sid S]",
     )
     parser.add_argument("--broadcaster-token", metavar="T", help="a broadcaster-role token")
-    parser.add_argument("--origin", metavar="O", help="Origin header for test connections")
+    parser.add_argument(
+        "--issuer",
+        metavar="ISS",
+        help="the issuer the deployment requires (tokens signed with --secret carry it as iss)",
+    )
+    parser.add_argument(
+        "--audience",
+        metavar="AUD",
+        help="the audience the deployment requires (tokens signed with --secret carry it as aud)",
+    )
+    origins = parser.add_mutually_exclusive_group()
+    origins.add_argument(
+        "--origin",
+        metavar="O",
+        help="an Origin the deployment's allowlist contains; test connections send it and "
+        "the Origin checks test the allowlist around it",
+    )
+    origins.add_argument(
+        "--any-origin",
+        action="store_true",
+        help="the deployment has no Origin allowlist and accepts every Origin",
+    )
     parser.add_argument(
         "--header",
         action="append",
@@ -66,6 +87,13 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=_scale,
         metavar="X",
         help="multiply every timeout (default: $UNISOCK_TIME_SCALE or 1.0)",
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=_scale,
+        metavar="SECONDS",
+        help="seconds one timing check may wait for announced timers (default: 60 in the "
+        "quick profile, 600 in full); timing checks that need longer are not run, and say so",
     )
     parser.add_argument(
         "--drain-command",
@@ -142,15 +170,20 @@ def pytest_args(args: argparse.Namespace) -> list[str]:
         "--unisock-junit": args.junit,
         "--unisock-seed": args.seed,
         "--unisock-time-scale": args.time_scale,
+        "--unisock-time-budget": args.time_budget,
         "--unisock-drain-command": args.drain_command,
         "--unisock-reset-command": args.reset_command,
         "--unisock-outage-command": args.outage_command,
         "--unisock-recover-command": args.recover_command,
         "--unisock-coalescing-channel": args.coalescing_channel,
+        "--unisock-issuer": args.issuer,
+        "--unisock-audience": args.audience,
     }
     argv += [f"{name}={value}" for name, value in optional.items() if value is not None]
     argv += [f"--unisock-header={header}" for header in args.header]
     argv += [f"--unisock-node-url={url}" for url in args.node_url]
+    if args.any_origin:
+        argv.append("--unisock-any-origin")
     if args.keyword:
         argv += ["-k", args.keyword]
     return argv

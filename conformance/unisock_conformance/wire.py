@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.sync.client import ClientConnection, connect
 
 from unisock.schemas import validate_server_message
+from unisock_conformance.pacing import Pacer
 
 __all__ = [
     "PROTOCOL",
@@ -134,6 +135,9 @@ class Conn:
         self.unmatched: list[Frame] = []
         self.sent: list[Frame | str | bytes] = []
         self.auto_pong = True
+        self.pace = True
+        """Pace publishes below the announced rate (set False to exhaust the bucket on purpose)."""
+        self.pacer: Pacer | None = None
         self.on_frame: list[FrameHook] = []
         self.close_code: int | None = None
         self.close_reason: str | None = None
@@ -209,7 +213,18 @@ class Conn:
     # -- sending ---------------------------------------------------------------------------------
 
     def send(self, message: Mapping[str, Any] | str) -> None:
-        """Send a text frame; a mapping is encoded as compact JSON."""
+        """Send a text frame; a mapping is encoded as compact JSON.
+
+        A ``publish`` mapping waits for the connection's pacer first (see
+        :mod:`unisock_conformance.pacing`) unless :attr:`pace` is off.
+        """
+        if (
+            self.pace
+            and self.pacer is not None
+            and not isinstance(message, str)
+            and message.get("type") == "publish"
+        ):
+            self.pacer.take()
         text = (
             message
             if isinstance(message, str)
@@ -322,8 +337,14 @@ class Conn:
         reply = self.expect(None, timeout=timeout, skip=())
         if reply.get("type") != "welcome":
             raise AssertionError(f"{self.name}: expected welcome after hello, got {_brief(reply)}")
-        self.welcome = reply
+        self.set_welcome(reply)
         return reply
+
+    def set_welcome(self, welcome: Frame) -> None:
+        """Record the ``welcome`` this connection received and pace publishes by its limits."""
+        self.welcome = welcome
+        limits = welcome.get("limits")
+        self.pacer = Pacer.from_limits(limits) if isinstance(limits, Mapping) else None
 
     def subscribe(
         self,

@@ -85,6 +85,9 @@ class ServerConfig:
     """Browser origins allowed to connect; ``"*"`` allows any (UNI-SEC)."""
     drain_window_ms: int = 30_000
     """Default window clients spread their reconnects over when this node drains."""
+    discard_idle_channels: bool = True
+    """Discard the state of channels idle beyond ``history_max_age_ms`` with no subscriber
+    on this node (UNI-SEC-14), so publisher-made channel names do not accumulate."""
     node_name: str = "unisock"
     broker: str = "memory"
     """``memory`` (one process, the default) or a Redis URL ``redis://HOST:PORT/DB`` that
@@ -101,6 +104,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must be a non-negative integer")
         if not self.publish_rate_per_second > 0:
             raise ValueError("publish_rate_per_second must be positive")
+        if not isinstance(self.discard_idle_channels, bool):
+            raise ValueError("discard_idle_channels must be true or false")
         if self.registry_mode not in ("open", "strict"):
             raise ValueError("registry_mode must be 'open' or 'strict'")
         for feature in self.features:

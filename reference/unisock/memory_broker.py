@@ -70,16 +70,30 @@ class _Channel:
 
     History holds contiguous offsets ``evicted_offset + 1 .. head``; remembering the last evicted
     offset and ts is enough to tell whether a replay would skip something (never silent loss).
+    ``replaced_ts`` is the ts of the last event of an earlier epoch of the key whose state was
+    discarded (UNI-SEC-14): a resume by time from before it must get a gap.
     """
 
-    __slots__ = ("evicted_offset", "evicted_ts", "head", "history", "last_ts")
+    __slots__ = (
+        "epoch",
+        "evicted_offset",
+        "evicted_ts",
+        "head",
+        "history",
+        "last_ts",
+        "replaced_ts",
+        "touched",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, epoch: str, now: int, replaced_ts: int | None = None) -> None:
+        self.epoch = epoch
         self.head = 0
         self.last_ts = 0
+        self.touched = now
         self.history: deque[StoredEvent] = deque()
         self.evicted_offset = 0
         self.evicted_ts: int | None = None
+        self.replaced_ts = replaced_ts
 
     def evict_one(self) -> None:
         gone = self.history.popleft()
@@ -115,6 +129,10 @@ class MemoryBroker:
         self._epoch_factory = epoch_factory
         self._epoch = epoch_factory()
         self._used_epochs = {self._epoch}
+        # Incremented whenever idle channel state is discarded (UNI-SEC-14): a channel created
+        # afterwards gets an epoch no discarded channel of its scope ever had (UNI-DEL-8).
+        self._generation = 0
+        self._tombstones: dict[_Scope, dict[ChannelKey, int]] = {}
         self._channels: dict[ChannelKey, _Channel] = {}
         self._scopes: dict[_Scope, dict[ChannelKey, _Channel]] = {}
         self._dedup: dict[_DedupKey, tuple[StoredEvent, int]] = {}
@@ -126,8 +144,46 @@ class MemoryBroker:
 
     @property
     def epoch(self) -> str:
-        """The epoch of every channel of this instance."""
+        """The epoch of every channel of this instance, until idle state is first discarded."""
         return self._epoch
+
+    def _fresh_epoch(self) -> str:
+        return self._epoch if self._generation == 0 else f"{self._epoch}.{self._generation}"
+
+    def _channel(self, key: ChannelKey, now: int) -> _Channel:
+        """The state of ``key``, created (in the current fresh epoch) when it has none."""
+        channel = self._channels.get(key)
+        if channel is None:
+            tombstones = self._tombstones.get(_scope_of(key), {})
+            channel = _Channel(self._fresh_epoch(), now, tombstones.pop(key, None))
+            self._channels[key] = channel
+            self._scopes.setdefault(_scope_of(key), {})[key] = channel
+        return channel
+
+    def discard_idle(self, in_use: Callable[[ChannelKey], bool]) -> int:
+        """Discard the state of channels idle for longer than the history's age bound and not
+        ``in_use`` (UNI-SEC-14); return how many. A discarded channel that had events leaves a
+        tombstone (its name and last ts) so that a resume by time reports the loss."""
+        now = self._clock()
+        idle = [
+            (key, channel)
+            for key, channel in self._channels.items()
+            if now - max(channel.last_ts, channel.touched) > self._max_age and not in_use(key)
+        ]
+        for key, channel in idle:
+            del self._channels[key]
+            scope = self._scopes.get(_scope_of(key))
+            if scope is not None:
+                scope.pop(key, None)
+                if not scope:
+                    del self._scopes[_scope_of(key)]
+            last = channel.last_ts if channel.head else channel.replaced_ts
+            if last is not None:
+                self._tombstones.setdefault(_scope_of(key), {})[key] = last
+        if idle:
+            self._generation += 1
+            _log.info("discarded the state of %d idle channels", len(idle))
+        return len(idle)
 
     def reset(self) -> str:
         """Discard all history, offsets and dedup records; return the new epoch (UNI-DEL-8).
@@ -140,6 +196,8 @@ class MemoryBroker:
             epoch = self._epoch_factory()
         self._used_epochs.add(epoch)
         self._epoch = epoch
+        self._generation = 0
+        self._tombstones.clear()
         self._channels.clear()
         self._scopes.clear()
         self._dedup.clear()
@@ -173,17 +231,13 @@ class MemoryBroker:
             # notified again (one delivery per message id).
             return PublishResult(seen[0], duplicate=True)
 
-        channel = self._channels.get(record.key)
-        if channel is None:
-            channel = _Channel()
-            self._channels[record.key] = channel
-            self._scopes.setdefault(_scope_of(record.key), {})[record.key] = channel
+        channel = self._channel(record.key, now)
         offset = channel.head + 1
         # ts never goes backwards on a channel even if the wall clock does, so "since" replay
         # and age eviction can rely on history being sorted by ts.
         ts = max(now, channel.last_ts)
-        frame = self._encode(record, self._epoch, offset, ts)
-        event = StoredEvent(record, self._epoch, offset, ts, frame)
+        frame = self._encode(record, channel.epoch, offset, ts)
+        event = StoredEvent(record, channel.epoch, offset, ts, frame)
         channel.head = offset
         channel.last_ts = ts
         channel.history.append(event)
@@ -230,21 +284,27 @@ class MemoryBroker:
     # -- reading ----------------------------------------------------------------------------
 
     async def head(self, key: ChannelKey) -> Position:
-        """The last assigned position; offset 0 for a key never published to."""
-        channel = self._channels.get(key)
-        return Position(self._epoch, channel.head if channel is not None else 0)
+        """The last assigned position; offset 0 for a key never published to.
+
+        Asking holds the key's state (its epoch): an exact subscription announces this
+        position, and the first event published later continues the same epoch.
+        """
+        channel = self._channel(key, self._clock())
+        return Position(channel.epoch, channel.head)
 
     async def replay(self, key: ChannelKey, after: Position) -> Replay:
-        """Events in (after.offset, head], or the gap that forbids it (UNI-DEL resume)."""
-        channel = self._channels.get(key)
-        head_offset = channel.head if channel is not None else 0
-        head = Position(self._epoch, head_offset)
-        if after.epoch != self._epoch:
+        """Events in (after.offset, head], or the gap that forbids it (UNI-DEL resume).
+
+        Like :meth:`head`, asking holds the key's state, so that the epoch a gap announces is
+        the one the next event continues.
+        """
+        channel = self._channel(key, self._clock())
+        head_offset = channel.head
+        head = Position(channel.epoch, head_offset)
+        if after.epoch != head.epoch:
             return Replay(head, (), GAP_EPOCH_CHANGED)
         if after.offset > head_offset or after.offset < 0:
             return Replay(head, (), GAP_POSITION_INVALID)
-        if channel is None:
-            return Replay(head, (), None)
         self._evict(channel, self._clock())
         if after.offset < channel.evicted_offset:
             return Replay(head, (), GAP_WINDOW_EXCEEDED)
@@ -252,12 +312,17 @@ class MemoryBroker:
         return Replay(head, tuple(islice(channel.history, start, None)), None)
 
     async def replay_since(self, key: ChannelKey, since_ts: int) -> Replay:
-        """Retained events with ts >= since_ts; a gap if an evicted one also qualified."""
+        """Retained events with ts >= since_ts; a gap if an evicted one also qualified, or if
+        the state of an earlier epoch with such events was discarded (UNI-SEC-14)."""
         channel = self._channels.get(key)
         if channel is None:
-            return Replay(Position(self._epoch, 0), (), None)
+            if key not in self._tombstones.get(_scope_of(key), {}):
+                return Replay(Position(self._fresh_epoch(), 0), (), None)
+            channel = self._channel(key, self._clock())  # held, as in :meth:`head`
         self._evict(channel, self._clock())
-        head = Position(self._epoch, channel.head)
+        head = Position(channel.epoch, channel.head)
+        if channel.replaced_ts is not None and channel.replaced_ts >= since_ts:
+            return Replay(head, (), GAP_EPOCH_CHANGED)
         if channel.evicted_ts is not None and channel.evicted_ts >= since_ts:
             return Replay(head, (), GAP_WINDOW_EXCEEDED)
         return Replay(head, tuple(e for e in channel.history if e.ts >= since_ts), None)
@@ -278,8 +343,10 @@ class MemoryBroker:
         found: list[ChannelKey] = []
         for key, channel in self._scopes.get(scope, {}).items():
             self._evict(channel, now)
-            if channel.history:
+            if channel.history or channel.replaced_ts is not None:
                 found.append(key)
+        # Channels whose state was discarded still owe a resume by time their gap.
+        found += list(self._tombstones.get(scope, {}))
         found.sort(key=lambda k: k.name)
         return found
 

@@ -38,6 +38,7 @@ from unisock.errors import ServiceRestart, Unavailable
 from unisock.memory_broker import MemoryBroker
 from unisock.messages import add_coalesced
 from unisock.metrics import Metrics
+from unisock.retention import IdleSweeper
 from unisock.session import (
     Action,
     Authenticated,
@@ -190,6 +191,9 @@ class UnisockServer:
         self.draining = False
         self._idle = asyncio.Event()
         self._server: Server | None = None
+        self.sweeper = IdleSweeper(
+            self.broker, self.index.candidates, self.config.history_max_age_ms
+        )
         self.broker.add_listener(self._on_event)
         self.broker.add_supersede_listener(self._on_supersede)
         self.broker.add_loss_listener(self._on_loss)
@@ -212,12 +216,15 @@ class UnisockServer:
             server_header=None,
             create_connection=_Connection,
         )
+        if self.config.discard_idle_channels:
+            self.sweeper.start()  # UNI-SEC-14
         sock = next(iter(self._server.sockets))
         bound = sock.getsockname()
         return str(bound[0]), int(bound[1])
 
     async def close(self) -> None:
         """Stop listening and close every connection (1001) and the broker."""
+        await self.sweeper.stop()
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()

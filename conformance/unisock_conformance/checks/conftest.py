@@ -91,6 +91,18 @@ class User:
         return self.connect(token, name=f"{sub}#{next(self._count)}", url=url)
 
 
+def subscription_cap(conn: Conn, needed: int = 1, what: str = "this check") -> int:
+    """The announced ``max_subscriptions``; the check is not run below ``needed``."""
+    assert conn.welcome is not None
+    cap = int(conn.welcome["limits"]["max_subscriptions"])
+    if cap < needed:
+        pytest.skip(
+            f"{NOT_RUN_PREFIX} {what} needs {needed} subscriptions on one connection; the "
+            f"server announces max_subscriptions {cap}"
+        )
+    return cap
+
+
 @pytest.fixture(scope="session")
 def deployment(pytestconfig: pytest.Config) -> Deployment:
     suite = get_suite(pytestconfig)

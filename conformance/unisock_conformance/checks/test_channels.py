@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from unisock_conformance.checks.conftest import User
-from unisock_conformance.deployment import NOT_RUN_PREFIX, Names, ServerInfo
+from unisock_conformance.checks.conftest import User, subscription_cap
+from unisock_conformance.deployment import Names, ServerInfo, not_applicable
 from unisock_conformance.paths import VECTORS_DIR
 from unisock_conformance.wire import Conn
 
@@ -77,6 +77,7 @@ class Publishers:
                 broadcaster=True,
             )
             assert self.conn.welcome is not None
+            self.conn.pace = False  # exactly one burst per fresh connection
             self.left = int(self.conn.welcome["limits"]["publish_rate"]["burst"])
         self.left -= 1
         return self.conn
@@ -136,6 +137,7 @@ def test_server_refuses_every_invalid_name_in_publish_with_invalid_channel(
         conn = user(tenant, names.user(index), publish=(">", "$me", "$me.>"))
         assert conn.welcome is not None
         burst = int(conn.welcome["limits"]["publish_rate"]["burst"])
+        conn.pace = False  # exactly one burst per fresh connection
         chunk = invalid[index : index + burst]
         sent = [conn.publish_message(name, id=f"p{index + i}") for i, name in enumerate(chunk)]
         for message in sent:
@@ -234,8 +236,10 @@ def test_events_never_cross_tenants_with_identical_names(user: User, names: Name
     tenants = [names.tenant(0), names.tenant(1)]
     channels = ["tasks.42", "globex.tasks.42", f"{tenants[1]}.tasks", "a", "a.b.c", "$me.inbox"]
     subs = {t: user(t, "alice") for t in tenants}
+    cap = subscription_cap(subs[tenants[0]], 2, "receiving tenant and private channels")
+    # Overlapping patterns beyond the two that receive everything, as the cap allows.
     for conn in subs.values():
-        for pattern in (">", "*", "tasks.>", "$me.inbox"):
+        for pattern in (">", "$me.inbox", "*", "tasks.>")[:cap]:
             conn.subscribe(pattern)
     pubs = {t: Publishers(user, names, t) for t in tenants}
     for tenant in tenants:
@@ -274,25 +278,33 @@ def test_server_matches_patterns_exactly_as_the_match_algorithm(
     tenant = names.tenant()
     publishers = Publishers(user, names, tenant)
     grouped = _matching_cases(server_info.features)
-    subscribers: dict[str, Conn] = {}
-    for index, (pattern, cases) in enumerate(grouped.items()):
-        conn = user(tenant, names.user(index), subscribe=(">", "$sys.>"))
-        conn.subscribe(pattern)
-        _add_fences(conn, [channel for channel, _ in cases], own=[pattern])
-        subscribers[pattern] = conn
-    acks: dict[tuple[str, str], Frame] = {}
+    # One subscriber per pattern and namespace of the channels it is tried on: the pattern
+    # plus that namespace's fence subscriptions stay within a small max_subscriptions.
+    plan: list[tuple[str, Conn, str, list[tuple[str, bool]]]] = []
     for pattern, cases in grouped.items():
-        owner = names.user(list(grouped).index(pattern))
+        by_namespace: dict[str, list[tuple[str, bool]]] = {}
+        for channel, expected in cases:
+            by_namespace.setdefault(_ns(channel), []).append((channel, expected))
+        for namespace_cases in by_namespace.values():
+            owner = names.user(len(plan))
+            conn = user(tenant, owner, subscribe=(">", "$sys.>"))
+            fences = {p for c, _ in namespace_cases for p in _fence_patterns(c)} - {pattern}
+            subscription_cap(conn, 1 + len(fences), "a pattern beside its fence subscriptions")
+            conn.subscribe(pattern)
+            _add_fences(conn, [channel for channel, _ in namespace_cases], own=[pattern])
+            plan.append((pattern, conn, owner, namespace_cases))
+    acks: dict[tuple[str, str, str], Frame] = {}
+    for pattern, _conn, owner, cases in plan:
         for channel, _ in cases:
             extra = {"user": owner} if _ns(channel) == "$me" else {}
-            acks[(pattern, channel)] = publishers.publish(channel, data={"p": pattern}, **extra)
-    for pattern, cases in grouped.items():
-        owner = names.user(list(grouped).index(pattern))
-        conn = subscribers[pattern]
+            acks[(pattern, owner, channel)] = publishers.publish(
+                channel, data={"p": pattern}, **extra
+            )
+    for pattern, conn, owner, cases in plan:
         for channel, expected in cases:
             extra = {"user": owner} if _ns(channel) == "$me" else {}
             fence = publishers.publish(channel, FENCE, **extra)
-            ack = acks[(pattern, channel)]
+            ack = acks[(pattern, owner, channel)]
             got = [
                 e
                 for e in _fenced(conn, channel, fence)
@@ -355,17 +367,21 @@ def test_server_delivers_system_events_to_subscribers_of_every_tenant(
     subs = [user(names.tenant(i), names.user(i), subscribe=("$sys.>",)) for i in range(3)]
     for conn in subs:
         conn.subscribe(channel)
-    quiet = user(names.tenant(3), names.user(3), subscribe=(">", "$sys.>"))
-    quiet.subscribe(">")
-    quiet.subscribe("*")
-    quiet.subscribe(f"{channel}.more")
-    quiet.subscribe("$sys.>", filter=FENCE_FILTER)
+    # Patterns that must not match a $sys channel, each beside a fence subscription.
+    quiet = []
+    for index, pattern in enumerate((">", "*", f"{channel}.more")):
+        conn = user(names.tenant(3), names.user(3 + index), subscribe=(">", "$sys.>"))
+        subscription_cap(conn, 2, "a pattern beside its fence subscription")
+        conn.subscribe(pattern)
+        conn.subscribe("$sys.>", filter=FENCE_FILTER)
+        quiet.append(conn)
     publishers = Publishers(user, names, names.tenant(0))
     ack = publishers.publish(channel, data={"n": 1})
     for conn in subs:
         conn.wait_events(lambda e: e["channel"] == channel and e["offset"] == ack["offset"])
     fence = publishers.publish(channel, FENCE)
-    assert _fenced(quiet, channel, fence) == [], "a tenant pattern delivered a $sys event"
+    for conn in quiet:
+        assert _fenced(conn, channel, fence) == [], "a tenant pattern delivered a $sys event"
 
 
 @pytest.mark.requirement("UNI-CH-14", "UNI-SEC-17")
@@ -397,7 +413,7 @@ def test_server_without_system_namespace_refuses_system_channels(
     user: User, names: Names, server_info: ServerInfo
 ) -> None:
     if "system_namespace" in server_info.features:
-        pytest.skip(f"{NOT_RUN_PREFIX} the server announces system_namespace")
+        not_applicable("the server announces system_namespace; the rule binds servers without it")
     tenant = names.tenant()
     conn = user(tenant, names.user(), subscribe=("$sys.>",), publish=("$sys.>",), broadcaster=True)
     for pattern in ("$sys.>", "$sys.alerts"):

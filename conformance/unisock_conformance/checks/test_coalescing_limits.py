@@ -102,6 +102,7 @@ def _publish_keyed(
     while len(acks) < count:
         conn = user(tenant, names.user(100 + publishers), subscribe=(), broadcaster=True)
         publishers += 1
+        conn.pace = False  # exactly one burst per fresh connection
         assert conn.welcome is not None
         burst = int(conn.welcome["limits"]["publish_rate"]["burst"])
         batch = [

@@ -15,22 +15,16 @@ import jwt
 import pytest
 
 from unisock_conformance.checks.conftest import Connect, User
-from unisock_conformance.deployment import NOT_RUN_PREFIX, Deployment, Names, ServerInfo
+from unisock_conformance.deployment import (
+    Deployment,
+    Names,
+    ServerInfo,
+    not_applicable,
+)
+from unisock_conformance.timing import require_time
 from unisock_conformance.wire import FrameTimeout
 
 Frame = dict[str, Any]
-
-BUDGET_S = {"quick": 3.0, "full": 30.0}
-
-
-def _budget(deployment: Deployment, seconds: float, what: str) -> None:
-    """Skip (not run) a timing check whose announced timer exceeds the profile's budget."""
-    budget = BUDGET_S.get(deployment.profile, 3.0)
-    if seconds > budget:
-        pytest.skip(
-            f"{NOT_RUN_PREFIX} announced {what} of {seconds:.1f} s exceeds the "
-            f"{deployment.profile} profile's timing budget of {budget:.0f} s"
-        )
 
 
 def _late(deployment: Deployment, seconds: float) -> float:
@@ -59,13 +53,14 @@ def _forged(token: str) -> str:
 
 
 @pytest.mark.requirement("UNI-LC-4", "UNI-LC-5", "UNI-LC-1", "UNI-CLOSE-9")
+@pytest.mark.timing
 def test_server_closes_4102_when_no_hello_within_auth_timeout(
     connect: Connect, deployment: Deployment, server_info: ServerInfo
 ) -> None:
     timeout_s = server_info.limits["auth_timeout_ms"] / 1000
-    _budget(deployment, timeout_s, "auth_timeout_ms")
+    require_time(deployment, timeout_s + _late(deployment, timeout_s), "auth_timeout_ms")
+    start = time.monotonic()  # no later than the server's deadline starts
     conn = connect(hello=False)
-    start = time.monotonic()
     code, reason = conn.expect_close(timeout=timeout_s + _late(deployment, timeout_s))
     elapsed = time.monotonic() - start
     assert code == 4102, f"closed with {code} {reason!r}, expected 4102 auth_timeout"
@@ -234,7 +229,7 @@ def test_server_uses_no_optional_feature_it_did_not_announce(user: User, names: 
     features = set(conn.welcome["features"])
     absent = {"coalescing", "system_namespace", "typed_events"} - features
     if not absent:
-        pytest.skip(f"{NOT_RUN_PREFIX} the server announces every optional feature")
+        not_applicable("the server announces every optional feature")
     sub = user(tenant, names.user(1))
     sub.subscribe(channel)
     if "system_namespace" in absent:

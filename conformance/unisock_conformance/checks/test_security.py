@@ -11,11 +11,17 @@ from typing import Any
 import pytest
 
 from unisock_conformance.checks.conftest import Connect, User
-from unisock_conformance.deployment import NOT_RUN_PREFIX, Deployment, Names, ServerInfo
+from unisock_conformance.deployment import (
+    Deployment,
+    Names,
+    ServerInfo,
+    not_applicable,
+    not_run,
+)
+from unisock_conformance.timing import require_time
 from unisock_conformance.wire import Conn, ConnGroup, HandshakeRefused, open_conn
 
 Frame = dict[str, Any]
-BUDGET_S = {"quick": 3.0, "full": 30.0}
 FOREIGN_ORIGIN = "https://unisock-conformance.invalid"
 
 
@@ -60,10 +66,27 @@ def _near_misses(origin: str | None) -> list[str]:
     return [m for m in misses if m != origin]
 
 
+def _allowlist_declared_or_observed(deployment: Deployment, group: ConnGroup) -> None:
+    """The Origin checks bind a deployment with an allowlist (UNI-SEC-1): declared with
+    ``--origin``, or seen when a foreign Origin is refused; ``--any-origin`` says none."""
+    if deployment.any_origin:
+        not_applicable("the deployment declares no Origin allowlist (--any-origin)")
+    if deployment.origin is not None:
+        return
+    probe = _handshake(deployment, group, FOREIGN_ORIGIN)
+    if isinstance(probe, Conn):
+        probe.close()
+        not_run(
+            f"the deployment accepted Origin {FOREIGN_ORIGIN}: give --origin O (an origin its "
+            "allowlist contains) to check its allowlist, or --any-origin if it has none"
+        )
+
+
 @pytest.mark.requirement("UNI-SEC-1", "UNI-SEC-3")
 def test_server_refuses_origins_outside_the_allowlist_with_403(
     deployment: Deployment, conn_group: ConnGroup
 ) -> None:
+    _allowlist_declared_or_observed(deployment, conn_group)
     for origin in _near_misses(deployment.origin):
         result = _handshake(deployment, conn_group, origin)
         if isinstance(result, Conn):
@@ -76,8 +99,10 @@ def test_server_refuses_origins_outside_the_allowlist_with_403(
 def test_server_accepts_the_exact_allowed_origin(
     deployment: Deployment, conn_group: ConnGroup, names: Names
 ) -> None:
+    if deployment.any_origin:
+        not_applicable("the deployment declares no Origin allowlist (--any-origin)")
     if not deployment.origin:
-        pytest.skip(f"{NOT_RUN_PREFIX} no allowed origin given (--unisock-origin)")
+        not_run("needs --origin O, an origin the deployment's allowlist contains")
     result = _handshake(deployment, conn_group, deployment.origin)
     assert isinstance(result, Conn), f"allowed Origin refused: HTTP {result.status}"
     assert result.hello(deployment.mint(names.tenant(), names.user()))["type"] == "welcome"
@@ -324,16 +349,12 @@ def test_server_serves_others_while_a_peer_misbehaves(
 
 
 @pytest.mark.requirement("UNI-SEC-14")
+@pytest.mark.timing
 def test_server_discards_idle_channel_state_after_history_max_age(
     user: User, deployment: Deployment, server_info: ServerInfo, names: Names
 ) -> None:
     max_age_s = int(server_info.history["max_age_ms"]) / 1000
-    budget = BUDGET_S.get(deployment.profile, 3.0)
-    if max_age_s * 1.5 + 0.5 > budget:
-        pytest.skip(
-            f"{NOT_RUN_PREFIX} history.max_age_ms of {max_age_s:.1f} s exceeds the "
-            f"{deployment.profile} profile's timing budget of {budget:.0f} s"
-        )
+    require_time(deployment, max_age_s * 1.5 + 0.5, "1.5 times history.max_age_ms")
     tenant, channel = names.tenant(), names.channel()
     conn = user(tenant, names.user())
     ack = conn.publish(channel)
@@ -342,6 +363,45 @@ def test_server_discards_idle_channel_state_after_history_max_age(
     head = conn.subscribe(channel)["position"]
     assert head != {"epoch": ack["epoch"], "offset": ack["offset"]}, (
         f"channel state kept {max_age_s:.1f} s after its last event with no subscriber"
+    )
+    assert head["offset"] == 0 and head["epoch"] != ack["epoch"], (
+        f"UNI-DEL-8: after discarding {channel} the head is {head}, not offset 0 of a new epoch"
+    )
+
+
+@pytest.mark.requirement("UNI-DEL-35", "UNI-DEL-17", "UNI-DEL-23")
+@pytest.mark.timing
+def test_server_reports_discarded_channel_state_to_a_resume_by_time(
+    user: User, deployment: Deployment, server_info: ServerInfo, names: Names
+) -> None:
+    max_age_s = int(server_info.history["max_age_ms"]) / 1000
+    require_time(deployment, max_age_s * 1.5 + 0.5, "1.5 times history.max_age_ms")
+    tenant, base = names.tenant(), names.channel()
+    channel = f"{base}.x"
+    witness = user(tenant, names.user(0))
+    witness.subscribe(channel)
+    publisher = user(tenant, names.user(1))
+    ack = publisher.publish(channel)
+    event = witness.expect("event", where=lambda f: f.get("message_id") == ack["message_id"])
+    witness.close()  # no subscription left: the channel may go idle (UNI-SEC-14)
+    deadline = time.monotonic() + max_age_s * 1.5 + 0.5
+    publisher.closed.wait(max(0.0, deadline - time.monotonic()))
+    resumer = user(tenant, names.user(2))
+    resumer.subscribe(f"{base}.>", since=event["ts"])
+    fence = publisher.publish(channel, "fence.event")
+    resumer.expect("event", where=lambda f: f.get("message_id") == fence["message_id"])
+    before = [f for f in resumer.frames if f.get("channel") == channel and f is not None]
+    before = before[: next(i for i, f in enumerate(before) if f.get("type") == "event")]
+    if fence["epoch"] == ack["epoch"]:
+        not_applicable("the server kept the idle channel's state (UNI-SEC-14 not followed)")
+    gaps = [f for f in before if f.get("type") == "gap"]
+    assert gaps, (
+        f"{channel} was discarded (new epoch {fence['epoch']}) and the resume since "
+        f"{event['ts']} got no gap: silent loss of offset {ack['offset']}"
+    )
+    assert gaps[0]["reason"] == "epoch_changed", gaps[0]
+    assert (gaps[0]["epoch"], gaps[0]["offset"]) == (fence["epoch"], fence["offset"] - 1), (
+        f"the gap must carry the current epoch and head: {gaps[0]}, then {fence}"
     )
 
 
