@@ -4,21 +4,30 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NPM_CI := npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 
-.PHONY: setup browser test lint typecheck pytest docs serve chaos clean
+.PHONY: setup browser js test lint typecheck pytest docs serve chaos clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml tests/asyncapi/package-lock.json docs/package-lock.json
+$(STAMP): pyproject.toml tests/asyncapi/package-lock.json docs/package-lock.json reference/js/package-lock.json
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(NPM_CI) --prefix tests/asyncapi
 	$(NPM_CI) --prefix docs
+	$(NPM_CI) --prefix reference/js
+	npm --prefix reference/js run --silent build
 	touch $@
 
-# The docs' browser test drives Debian's Chromium; install it when missing (needs root).
+# The browser tests and the Chromium client adapter drive Debian's Chromium through
+# playwright-core (never a downloaded browser); install it when missing (needs root).
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+# The TypeScript client: generated types up to date, tsc strict, eslint, unit tests; dist/.
+js: setup
+	npm --prefix reference/js run --silent build
+	cd reference/js && node tools/gen-types.mjs --check && npx tsc --noEmit -p . && npx eslint . \
+		&& node --test --test-reporter=dot test/
 
 lint: setup
 	$(PY) -m ruff check .
@@ -30,10 +39,10 @@ typecheck: setup
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
-pytest: setup browser
+pytest: setup browser js
 	UNISOCK_REQUIRE_BROWSER=1 UNISOCK_REQUIRE_REDIS=1 $(PY) -m pytest
 
-test: lint typecheck docs pytest
+test: lint typecheck js docs pytest
 
 serve: setup
 	$(VENV)/bin/unisock serve
@@ -44,4 +53,4 @@ chaos: setup
 	$(PY) tests/chaos.py --duration $(CHAOS_SECONDS) --subscribers 4 --publishers 3
 
 clean:
-	rm -rf $(VENV) site tests/asyncapi/node_modules docs/node_modules
+	rm -rf $(VENV) site tests/asyncapi/node_modules docs/node_modules reference/js/node_modules reference/js/dist
