@@ -2,13 +2,15 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TASKBOARD := examples/taskboard
 NPM_CI := npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 
-.PHONY: setup browser js test lint typecheck pytest docs serve chaos clean
+.PHONY: setup browser js taskboard demo e2e screenshots test lint typecheck pytest docs serve chaos clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml tests/asyncapi/package-lock.json docs/package-lock.json reference/js/package-lock.json
+$(STAMP): pyproject.toml tests/asyncapi/package-lock.json docs/package-lock.json reference/js/package-lock.json \
+		$(TASKBOARD)/package-lock.json
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -16,6 +18,7 @@ $(STAMP): pyproject.toml tests/asyncapi/package-lock.json docs/package-lock.json
 	$(NPM_CI) --prefix docs
 	$(NPM_CI) --prefix reference/js
 	npm --prefix reference/js run --silent build
+	$(NPM_CI) --prefix $(TASKBOARD)
 	touch $@
 
 # The browser tests and the Chromium client adapter drive Debian's Chromium through
@@ -28,6 +31,23 @@ js: setup
 	npm --prefix reference/js run --silent build
 	cd reference/js && node tools/gen-types.mjs --check && npx tsc --noEmit -p . && npx eslint . \
 		&& node --test --test-reporter=dot test/
+
+# The example application: build its page, then serve it on http://127.0.0.1:8000/.
+taskboard: js
+	npm --prefix $(TASKBOARD) run --silent typecheck
+	npm --prefix $(TASKBOARD) run --silent build
+
+demo: taskboard
+	cd $(TASKBOARD) && $(abspath $(PY)) -m taskboard --port 8000 --data .taskboard-data
+
+# Browser tests in Debian's Chromium through playwright-core: the task board and the docs
+# site, the two files in parallel.
+e2e: setup browser taskboard
+	node --test --test-concurrency=2 --test-reporter=spec tests/browser/ $(TASKBOARD)/tests/
+
+# Refresh the task board screenshots that the docs show.
+screenshots: setup browser taskboard
+	UNISOCK_SCREENSHOTS=docs/images/taskboard node --test $(TASKBOARD)/tests/
 
 lint: setup
 	$(PY) -m ruff check .
@@ -42,7 +62,7 @@ docs: setup
 pytest: setup browser js
 	UNISOCK_REQUIRE_BROWSER=1 UNISOCK_REQUIRE_REDIS=1 $(PY) -m pytest
 
-test: lint typecheck js docs pytest
+test: lint typecheck js docs pytest e2e
 
 serve: setup
 	$(VENV)/bin/unisock serve
@@ -53,4 +73,5 @@ chaos: setup
 	$(PY) tests/chaos.py --duration $(CHAOS_SECONDS) --subscribers 4 --publishers 3
 
 clean:
-	rm -rf $(VENV) site tests/asyncapi/node_modules docs/node_modules reference/js/node_modules reference/js/dist
+	rm -rf $(VENV) site tests/asyncapi/node_modules docs/node_modules reference/js/node_modules reference/js/dist \
+		$(TASKBOARD)/node_modules $(TASKBOARD)/web/dist

@@ -170,8 +170,18 @@ class _Index:
         return exact or scoped or ()
 
 
+HttpHandler = Callable[[ServerConnection, Request], "Response | None"]
+"""Answers plain HTTP requests on the server's port (an application's pages and API); returns
+``None`` for the requests it leaves to the server, WebSocket upgrades among them."""
+
+
 class UnisockServer:
-    """One server node: connections, fan-out, drain, health and metrics."""
+    """One server node: connections, fan-out, drain, health and metrics.
+
+    ``http`` lets an application serve its own HTTP routes on the same port (GET only, as
+    the WebSocket handshake parser reads nothing else); it runs after the health and metrics
+    routes and before the drain and origin checks.
+    """
 
     def __init__(
         self,
@@ -179,6 +189,7 @@ class UnisockServer:
         broker: Broker | None = None,
         *,
         clock: Callable[[], int] = now_ms,
+        http: HttpHandler | None = None,
     ) -> None:
         self.config: ServerConfig = settings.server
         self.verifier = TokenVerifier(settings.auth)
@@ -186,6 +197,7 @@ class UnisockServer:
         self.clock = clock
         self.broker: Broker = broker or build_broker(self.config, clock)
         self.metrics = Metrics()
+        self.http = http
         self.conns: dict[str, _Conn] = {}
         self.index = _Index()
         self.draining = False
@@ -252,6 +264,10 @@ class UnisockServer:
             response = connection.respond(HTTPStatus.OK, self.metrics.render().decode())
             response.headers["Content-Type"] = "text/plain; version=0.0.4"
             return response
+        if self.http is not None:
+            answer = self.http(connection, request)
+            if answer is not None:
+                return answer
         if self.draining:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
         origin = request.headers.get("Origin")

@@ -24,6 +24,10 @@ const NAME = "unisock-js-chromium-adapter";
 /** Serves the page from a loopback origin, like a page of a local development server. */
 async function servePage(html: string): Promise<{ url: string; stop: () => void }> {
   const server = createServer((request, response) => {
+    if (request.url !== "/") {
+      response.writeHead(404).end();
+      return;
+    }
     response.writeHead(200, { "content-type": "text/html; charset=utf-8" });
     response.end(html);
   });
@@ -74,7 +78,6 @@ async function main(): Promise<void> {
     `<!doctype html><title>unisock adapter</title><script>${script.replace(/<\/script/g, "<\\/script")}</script>`,
   );
   await page.goto(site.url);
-  site.stop();
 
   let ready = true;
   // Lines reach the page in order; each evaluate returns at once, commands run concurrently.
@@ -97,6 +100,7 @@ async function main(): Promise<void> {
     const deadline = setTimeout(() => process.exit(0), 2500);
     await page.evaluate(() => window.unisockAdapterShutdown()).catch(() => undefined);
     await browser.close().catch(() => undefined);
+    site.stop();
     clearTimeout(deadline);
     process.stdout.write("", () => process.exit(0)); // UNI-ADP-11
   };

@@ -13,6 +13,7 @@ import { BackoffParams, DEFAULT_BACKOFF, backoffDelay, drainDelay, floorMs } fro
 import { ChannelError, Pattern, isExact, matches, parseChannel, parsePattern } from "./channels.js";
 import { closeClass, parseCloseReason } from "./closecodes.js";
 import { Emitter } from "./emitter.js";
+import { evaluate } from "./filter.js";
 import { ClosedError, LocalError, ServerError, TimeoutError, UnisockError } from "./errors.js";
 import type {
   AckMessage,
@@ -881,6 +882,8 @@ export class UnisockClient extends Emitter<ClientEvents> {
           this.onWelcome(message);
           armSilence();
           if (this.measureRtt) {
+            // One ping now and one per interval_ms (UNI-HB-13, UNI-HB-14).
+            this.ping();
             pinger = setInterval(() => this.ping(), message.heartbeat.interval_ms);
           }
           return;
@@ -1007,7 +1010,13 @@ export class UnisockClient extends Emitter<ClientEvents> {
     };
     this.changed();
     this.emit("event", delivered);
-    for (const sub of active) for (const listener of sub.listeners) call(listener.onEvent, delivered);
+    // Each subscription's listeners get only what its own filter selects: another,
+    // broader subscription may be why the event reached this connection.
+    const attrs = message.attrs ?? {};
+    for (const sub of active) {
+      if (sub.filter !== undefined && !evaluate(sub.filter, message.event, attrs)) continue;
+      for (const listener of sub.listeners) call(listener.onEvent, delivered);
+    }
   }
 
   private onGap(message: GapMessage): void {

@@ -14,6 +14,7 @@ export type {
 } from "./client.js";
 export { ClosedError, LocalError, ServerError, TimeoutError, UnisockError } from "./errors.js";
 export { ChannelError, matches, parseChannel, parsePattern } from "./channels.js";
+export { evaluate as evaluateFilter } from "./filter.js";
 export { closeClass, closeName, parseCloseReason } from "./closecodes.js";
 export type { ReconnectClass } from "./closecodes.js";
 export { backoffBounds, backoffDelay, drainDelay, floorMs, DEFAULT_BACKOFF } from "./backoff.js";

@@ -156,3 +156,18 @@ test("subscriptions with the same pattern share one wire subscription", async ()
   assert.deepEqual(seen, [["a", 1], ["b", 1], ["b", 2]]);
   await client.close();
 });
+
+test("overlapping subscriptions each get only what their own filter selects", async () => {
+  const { client, socket } = await open();
+  const all = [];
+  const done = [];
+  const a = client.subscribe("tasks.>", { onEvent: (e) => all.push(e.offset) });
+  const b = client.subscribe("tasks.*", { filter: { eq: ["status", "done"] }, onEvent: (e) => done.push(e.offset) });
+  for (const frame of socket.of("subscribe")) subscribed(socket, frame);
+  await Promise.all([a.ready, b.ready]);
+  socket.deliver(event("tasks.1", "e", 1, { attrs: { status: "todo" } }));
+  socket.deliver(event("tasks.1", "e", 2, { attrs: { status: "done" } }));
+  assert.deepEqual(all, [1, 2]);
+  assert.deepEqual(done, [2]);
+  await client.close();
+});

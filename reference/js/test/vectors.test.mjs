@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { backoffBounds, closeClass, matches, parseChannel, parsePattern } from "../dist/index.js";
+import { backoffBounds, closeClass, evaluateFilter, matches, parseChannel, parsePattern } from "../dist/index.js";
 
 const vectors = (name) =>
   JSON.parse(readFileSync(new URL(`../../../conformance/vectors/${name}.json`, import.meta.url), "utf8")).cases;
@@ -42,5 +42,12 @@ test("pattern and channel grammar agrees with the vectors", () => {
   }
   for (const { description, input, expected } of vectors("channel-names")) {
     assert.equal(valid(() => parseChannel(input.name)), expected.valid, description);
+  }
+});
+
+test("filters evaluate as the vectors say", () => {
+  for (const { description, input, expected } of vectors("filters")) {
+    if (!expected.valid) continue;
+    assert.equal(evaluateFilter(input.filter, input.event.event, input.event.attrs), expected.result, description);
   }
 });
