@@ -457,6 +457,17 @@ def test_server_stops_delivery_at_expiry_and_closes_4101() -> None:
     assert core.accepts(stored(offset=3), exp - 1) is False
 
 
+def test_a_refresh_received_at_expiry_is_neither_applied_nor_answered() -> None:
+    """UNI-AUTH-21, UNI-TR-26: the 4101 close replaces the reply."""
+    config = ServerConfig(heartbeat_interval_ms=10**8, heartbeat_timeout_ms=10**8)
+    core, clock = opened(config, ttl_s=120)
+    clock.now = T0 + 120_000
+    actions = send(core, {"type": "refresh", "id": "late", "token": token(at=clock.now)})
+    assert frames(actions) == []
+    assert closes(actions) == (4101, "token_expired")
+    assert core.state is State.CLOSED
+
+
 # --- refresh (UNI-AUTH) -----------------------------------------------------------------------
 
 
@@ -775,6 +786,26 @@ def test_replay_delivers_matching_events_once_and_in_order() -> None:
     assert [a.event.offset for a in live if isinstance(a, Deliver)] == [5]
     assert core.accepts(stored("tasks.1", 5), T0) is False
     assert core.accepts(stored("tasks.1", 6), T0) is True
+
+
+def test_replay_applies_the_resuming_subscriptions_filter_only() -> None:
+    """UNI-DEL-36: another active subscription accepting an event does not widen a replay."""
+    core, _ = opened()
+    key = ChannelKey("acme", None, "tasks.1")
+    subscribe(core, "tasks.*", rid="a", filter={"eq": ["p", 1]})
+    core.subscribe_result("tasks.*")
+    core.subscription_active("tasks.*")
+    subscribe(
+        core,
+        "tasks.1",
+        rid="b",
+        filter={"eq": ["p", 2]},
+        resume={"tasks.1": {"epoch": EPOCH, "offset": 0}},
+    )
+    core.subscribe_result("tasks.1", Position(EPOCH, 4))
+    events = tuple(stored("tasks.1", n, attrs={"p": 2 - n % 2}) for n in range(1, 5))
+    replayed = core.replay_actions("tasks.1", key, Replay(Position(EPOCH, 4), events, None))
+    assert [a.event.offset for a in replayed if isinstance(a, Deliver)] == [2, 4]
 
 
 def test_replay_gap_is_reported_and_live_delivery_resumes_after_the_head() -> None:
@@ -1197,6 +1228,18 @@ def test_every_publish_frame_consumes_a_rate_token_even_when_refused() -> None:
     del invalid["message_id"]
     assert error_of(send(core, invalid))["code"] == "invalid_message"
     assert error_of(send(core, publish_msg()))["code"] == "rate_limited"
+
+
+def test_only_messages_of_type_publish_consume_rate_tokens() -> None:
+    """UNI-PUB-39: a malformed publish takes a token; other messages, valid or not, take none."""
+    core, _ = opened(ServerConfig(publish_rate_per_second=1, publish_rate_burst=2))
+    assert error_of(core.receive_text('{"type": "publish",'))["code"] == "invalid_json"
+    assert error_of(send(core, {"id": "x", "channel": "tasks.1"}))["code"] == "invalid_message"
+    assert error_of(send(core, {"type": "publsh", "id": "x"}))["code"] == "unknown_type"
+    assert frames(send(core, {"type": "ping", "id": "k"}))[0]["type"] == "pong"
+    assert error_of(send(core, publish_msg("Tasks.1", rid="a")))["code"] == "invalid_channel"
+    assert isinstance(send(core, publish_msg(rid="b"))[0], StartPublish)
+    assert error_of(send(core, publish_msg(rid="c")))["code"] == "rate_limited"
 
 
 def test_publish_result_becomes_an_ack_and_failure_an_error() -> None:

@@ -588,7 +588,7 @@ def test_server_revokes_subscriptions_outside_new_grants_before_refreshed(
     )
 
 
-@pytest.mark.requirement("UNI-AUTH-21", "UNI-AUTH-25")
+@pytest.mark.requirement("UNI-AUTH-21", "UNI-AUTH-25", "UNI-TR-26")
 @pytest.mark.timing
 def test_server_does_not_apply_refresh_received_after_expiry(
     user: User, deployment: Deployment, names: Names
@@ -605,6 +605,8 @@ def test_server_does_not_apply_refresh_received_after_expiry(
     code, reason = conn.expect_close(timeout=_late(deployment, 1.0) + 1.0)
     assert code == 4101, f"closed with {code} {reason!r}, expected 4101 token_expired"
     assert not [f for f in conn.frames if f.get("type") == "refreshed"], "late refresh applied"
+    replies = [f for f in conn.frames if f.get("id") == "late"]
+    assert replies == [], f"a refresh received at or after exp must get no reply: {replies}"
 
 
 @pytest.mark.requirement("UNI-AUTH-25", "UNI-CLOSE-9")

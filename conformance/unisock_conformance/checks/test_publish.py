@@ -519,6 +519,41 @@ def test_server_reports_the_first_failing_publish_check(user: User, names: Names
     assert _refusal(alice, foreign)["code"] == "forbidden"
 
 
+@pytest.mark.requirement("UNI-PUB-24", "UNI-PUB-39", "UNI-PUB-30")
+def test_server_rate_limits_malformed_publishes_before_checking_them(
+    user: User, names: Names, server_info: ServerInfo
+) -> None:
+    """Step 1 (rate) precedes step 2 (schema): a malformed publish takes a token too."""
+    rate = server_info.limits.get("publish_rate", {})
+    burst, per_second = int(rate.get("burst", 100)), float(rate.get("per_second", 50))
+    if burst + per_second > 1000:
+        not_run(f"a burst of {burst} at {per_second}/s is too large to exhaust quickly")
+    started = time.monotonic()  # before the hello: the server's bucket fills no earlier
+    alice = user(names.tenant(), names.user())
+    alice.pace = False
+    channel = names.channel()
+    codes: list[str] = []
+    while "rate_limited" not in codes:
+        batch = [
+            alice.publish_message(channel, "Bad Event", id=f"m{len(codes) + i}")
+            for i in range(burst + int(per_second) + 10 if not codes else int(per_second) + 10)
+        ]
+        for message in batch:
+            alice.send(message)
+        codes += [str(_reply_to(alice, str(m["id"])).get("code")) for m in batch]
+        supply = burst + per_second * (time.monotonic() - started)
+        if len(codes) > supply + 1 or len(codes) > burst + 5000:
+            break
+    assert set(codes) <= {"invalid_message", "rate_limited"}, sorted(set(codes))
+    if "rate_limited" not in codes and len(codes) <= supply + 1:
+        not_run(f"this run sent publishes too slowly to outrun a refill of {per_second}/s")
+    assert "rate_limited" in codes, (
+        f"{len(codes)} malformed publishes, more than a burst of {burst} plus the refill at "
+        f"{per_second}/s, were all answered invalid_message: they took no rate token"
+    )
+    assert codes[:burst] == ["invalid_message"] * burst, codes[:burst]
+
+
 @pytest.mark.requirement("UNI-PUB-24")
 @pytest.mark.feature("typed_events")
 def test_server_acks_a_duplicate_before_checking_event_data(user: User, names: Names) -> None:

@@ -204,3 +204,25 @@ def test_server_skips_replayed_offsets_the_connection_already_received(
     frames = _channel_frames(bob, channel, live["offset"])
     offsets = [f["offset"] for f in frames if f["type"] == "event"]
     assert offsets == [1, 2, 3, 4, 5], f"duplicates or disorder across replay: {offsets}"
+
+
+@pytest.mark.requirement("UNI-DEL-36", "UNI-SUB-20", "UNI-DEL-11")
+def test_server_replays_with_the_resuming_subscriptions_own_filter(
+    user: User, names: Names
+) -> None:
+    """Another active subscription whose filter accepts an event never widens a replay."""
+    tenant, base = names.tenant(), names.channel()
+    channel = f"{base}.x"
+    alice, bob = user(tenant, names.user(0)), user(tenant, names.user(1))
+    acks = [alice.publish(channel, attrs={"priority": 1 + i % 2}) for i in range(4)]
+    bob.subscribe(f"{base}.*", filter={"eq": ["priority", 1]})
+    start = {"epoch": acks[0]["epoch"], "offset": 0}
+    bob.subscribe(channel, filter={"eq": ["priority", 2]}, from_={channel: start})
+    live = alice.publish(channel, attrs={"priority": 2})
+    frames = _channel_frames(bob, channel, live["offset"])
+    got = [(f["type"], f["offset"]) for f in frames]
+    wanted = [("event", a["offset"]) for a in acks if a["offset"] % 2 == 0]
+    assert got == [*wanted, ("event", live["offset"])], (
+        f"replay under the filter priority == 2 gave {got}; events with priority 1 at odd "
+        f"offsets match only the other subscription, which was not resuming"
+    )

@@ -267,6 +267,10 @@ def test_server_reports_the_first_failing_subscribe_check(user: User, names: Nam
         ("tasks.>", "$me.tasks.42"),
         ("$me.>", "tasks.1"),
         (">", "$me.inbox"),
+        ("tasks.>", ""),
+        ("tasks.>", "tasks..42"),
+        ("tasks.>", "tasks." + "a" * 250),
+        ("tasks.>", "tasks.>"),
     ],
 )
 def test_server_refuses_from_key_not_matched_by_the_pattern_with_invalid_position(
@@ -276,6 +280,25 @@ def test_server_refuses_from_key_not_matched_by_the_pattern_with_invalid_positio
     reply = _sub(conn, pattern, "p", **{"from": {key: {"epoch": "e-1", "offset": 3}}})
     assert reply.get("code") == "invalid_position", reply
     assert _sub(conn, pattern, "p2")["type"] == "subscribed", "the refused subscribe created one"
+
+
+@pytest.mark.requirement("UNI-SUB-11", "UNI-TR-19")
+@pytest.mark.parametrize(
+    "positions",
+    [
+        {"tasks..42": {"epoch": "e-1"}},
+        {"": {"epoch": "e-1", "offset": -1}},
+        {"tasks.*": 3},
+    ],
+    ids=["no-offset", "negative-offset", "not-an-object"],
+)
+def test_server_refuses_a_malformed_from_value_with_invalid_message_before_any_key(
+    user: User, names: Names, positions: Frame
+) -> None:
+    """Section 1.5: a position value fails step 4 (schema) before step 5 judges its key."""
+    conn = user(names.tenant(), names.user())
+    reply = _sub(conn, "tasks.>", "v", **{"from": positions})
+    assert reply.get("code") == "invalid_message", reply
 
 
 # -- 5.2 order after subscribe ---------------------------------------------------------------------
