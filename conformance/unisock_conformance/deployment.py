@@ -11,12 +11,15 @@ import hashlib
 import itertools
 import os
 import secrets
-import shlex
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
+
+if TYPE_CHECKING:
+    from unisock_conformance.signer import TokenCommand
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -98,6 +101,11 @@ class Deployment:
     """The ``iss`` the deployment requires (UNI-AUTH-12); tokens the suite signs carry it."""
     audience: str | None = None
     """The ``aud`` the deployment requires (UNI-AUTH-13); tokens the suite signs carry it."""
+    _signer: list[TokenCommand] = field(default_factory=list, init=False, repr=False, compare=False)
+    """The running token command, once started (a frozen dataclass holds it in a list)."""
+    _signer_lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         for url in (self.url, *self.node_urls):
@@ -113,12 +121,13 @@ class Deployment:
             raise ValueError("--origin names an allowlist entry; --any-origin says there is none")
 
     def can_sign(self) -> bool:
-        """True only with a shared secret: crafted claims (forged, odd, expired) need one."""
-        return self.secret is not None
+        """True when the suite can obtain tokens for claims of its choosing: a shared secret
+        or a token command (spec 14.6) signs whatever claims a check crafts."""
+        return self.secret is not None or self.token_command is not None
 
     def can_mint(self) -> bool:
         """True when user tokens can be obtained at all (secret or token command)."""
-        return self.secret is not None or self.token_command is not None
+        return self.can_sign()
 
     def run_drain_command(self) -> None:
         """Run ``drain_command`` through the shell; a failing command fails the check."""
@@ -198,15 +207,47 @@ class Deployment:
         key: str | bytes | None = None,
         headers: Mapping[str, Any] | None = None,
     ) -> str:
-        """Sign arbitrary claims with the shared secret (or ``key``); needs ``can_sign``."""
+        """A token for exactly ``claims``, signed by the deployment's signer.
+
+        The signer is the shared secret (HS256) or the token command. ``key`` (and an
+        ``algorithm`` of its own) signs with the suite's own key instead: only for tokens the
+        deployment's signer must never produce. A claim set the token command refuses ends
+        the check as ``not-run``.
+        """
         import jwt  # PyJWT; imported here so the CLI parser does not load cryptography
 
-        signing_key = key if key is not None else self.secret
-        if signing_key is None:
-            raise RuntimeError("signing crafted tokens needs the deployment's shared secret")
-        return jwt.encode(
-            dict(claims), signing_key, algorithm=algorithm, headers=dict(headers or {})
-        )
+        if key is not None:
+            return jwt.encode(dict(claims), key, algorithm=algorithm, headers=dict(headers or {}))
+        if self.secret is not None:
+            return jwt.encode(
+                dict(claims), self.secret, algorithm=algorithm, headers=dict(headers or {})
+            )
+        if self.token_command is not None:
+            from unisock_conformance.signer import TokenRefused
+
+            try:
+                return self.signer().sign(claims)
+            except TokenRefused as refusal:
+                not_run(f"the token command refused to sign these claims: {refusal}")
+        raise RuntimeError("signing tokens needs --secret or --token-command")
+
+    def signer(self) -> TokenCommand:
+        """The running token command (started on first use, shared by every check)."""
+        from unisock_conformance.signer import TokenCommand
+
+        if self.token_command is None:
+            raise RuntimeError("no token command was given (--token-command)")
+        with self._signer_lock:
+            if not self._signer:
+                self._signer.append(TokenCommand(self.token_command, self.timeout(30.0)))
+            return self._signer[0]
+
+    def close(self) -> None:
+        """End of run: stop the token command, if one was started."""
+        with self._signer_lock:
+            signers, self._signer[:] = list(self._signer), []
+        for signer in signers:
+            signer.close()
 
     def mint(
         self,
@@ -220,7 +261,7 @@ class Deployment:
         sid: str | None = None,
     ) -> str:
         """A token the server accepts, from the secret or from the token command."""
-        if self.secret is not None:
+        if self.can_sign():
             return self.sign(
                 self.claims(
                     tenant,
@@ -232,46 +273,9 @@ class Deployment:
                     sid=sid,
                 )
             )
-        if self.token_command is not None:
-            return self._run_token_command(
-                tenant, sub, subscribe, publish, broadcaster=broadcaster, ttl_s=ttl_s, sid=sid
-            )
         if broadcaster and self.broadcaster_token is not None:
             return self.broadcaster_token
-        raise RuntimeError("no way to mint tokens: give a secret or a token command")
-
-    def _run_token_command(
-        self,
-        tenant: str,
-        sub: str,
-        subscribe: Sequence[str],
-        publish: Sequence[str],
-        *,
-        broadcaster: bool,
-        ttl_s: int,
-        sid: str | None,
-    ) -> str:
-        assert self.token_command is not None
-        argv = [*shlex.split(self.token_command), "--tenant", tenant, "--sub", sub]
-        for pattern in subscribe:
-            argv += ["--subscribe", pattern]
-        for pattern in publish:
-            argv += ["--publish", pattern]
-        if broadcaster:
-            argv.append("--broadcaster")
-        argv += ["--ttl", str(ttl_s)]
-        if sid is not None:
-            argv += ["--sid", sid]
-        result = subprocess.run(
-            argv, capture_output=True, text=True, timeout=self.timeout(30.0), check=False
-        )
-        if result.returncode != 0:
-            # The command's stderr may echo secrets; report only the exit status.
-            raise RuntimeError(f"token command exited with status {result.returncode}")
-        token = result.stdout.strip()
-        if not token:
-            raise RuntimeError("token command printed no token")
-        return token
+        raise RuntimeError("no way to mint tokens: give --secret or --token-command")
 
     def public(self) -> dict[str, Any]:
         """What may appear in reports: never the secret, tokens or header values."""
@@ -389,11 +393,11 @@ class Names:
 
 
 def require_secret(deployment: Deployment) -> None:
-    """Skip (graded ``not-run``) a check that must sign crafted claims."""
+    """Skip (graded ``not-run``) a check that must sign crafted claims without a signer."""
     import pytest
 
     if not deployment.can_sign():
-        pytest.skip(f"{NOT_RUN_PREFIX} needs the deployment's shared secret (--secret)")
+        pytest.skip(f"{NOT_RUN_PREFIX} needs --secret or --token-command to sign crafted claims")
 
 
 def unimplemented(reason: str) -> NoReturn:

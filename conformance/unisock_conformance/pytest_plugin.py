@@ -63,8 +63,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--unisock-token-command",
-        help="command that prints a token: CMD --tenant T --sub U [--subscribe P]... "
-        "[--publish P]... [--broadcaster] [--ttl N] [--sid S]",
+        help="the deployment's signer, speaking the token command protocol (spec 14.6): "
+        "one JSON request of claims per line in, one signed token per line out; e.g. "
+        "'python -m unisock_conformance.token_command --key key.pem --alg RS256'",
     )
     group.addoption("--unisock-broadcaster-token", help="a broadcaster-role token")
     group.addoption(
@@ -463,6 +464,7 @@ class Suite:
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.background.shutdown()
+        self.deployment.close()
         self.finished_at = time.time()
         grades = self.grade()
         code = int(exitstatus)

@@ -45,19 +45,20 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
     tokens.add_argument(
         "--token-command",
         metavar="CMD",
-        help="command printing a token: CMD --tenant T --sub U [--subscribe P]... "
-        "[--publish P]... [--broadcaster] [--ttl N] [--sid S]",
+        help="the deployment's signer, speaking the token command protocol (spec 14.6): "
+        "one JSON request of claims per line in, one signed token per line out; e.g. "
+        "'python -m unisock_conformance.token_command --key key.pem --alg RS256'",
     )
     parser.add_argument("--broadcaster-token", metavar="T", help="a broadcaster-role token")
     parser.add_argument(
         "--issuer",
         metavar="ISS",
-        help="the issuer the deployment requires (tokens signed with --secret carry it as iss)",
+        help="the issuer the deployment requires (every token the suite asks for carries it)",
     )
     parser.add_argument(
         "--audience",
         metavar="AUD",
-        help="the audience the deployment requires (tokens signed with --secret carry it as aud)",
+        help="the audience the deployment requires (every token the suite asks for carries it)",
     )
     origins = parser.add_mutually_exclusive_group()
     origins.add_argument(

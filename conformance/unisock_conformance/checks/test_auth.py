@@ -1,14 +1,16 @@
 """Tokens (spec section 3): verification in ``hello``, in-band refresh, expiry warning, expiry.
 
-Checks that need crafted claims or signatures (expired, forged algorithm, odd claims) sign
-them with the deployment's shared secret and are skipped as not run without one. Tokens
-that are invalid whatever the key (``alg: none``, altered after signing) need no secret.
+Checks that need crafted claims (expired, not yet valid, odd claims, another issuer) have them
+signed by the deployment's signer: its shared secret, or its token command (spec 14.6), which
+signs whatever claims it is given. Only tokens the signer must never produce (``alg: none``,
+altered after signing, signed with another key) are made by the suite, with keys of its own.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -55,6 +57,38 @@ def _forged(token: str) -> str:
     header, payload, signature = token.split(".")
     first = "A" if signature[0] != "A" else "B"
     return f"{header}.{payload}.{first}{signature[1:]}"
+
+
+_FOREIGN_SECRET = "conformance-not-the-secret-" + "k" * 32
+
+
+@functools.cache
+def _foreign_key(alg: str) -> Any:
+    """A private key of the suite's own for ``alg``: no deployment trusts it."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    if alg.startswith(("RS", "PS")):
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if alg == "ES256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if alg == "ES384":
+        return ec.generate_private_key(ec.SECP384R1())
+    if alg == "EdDSA":
+        return ed25519.Ed25519PrivateKey.generate()
+    return _FOREIGN_SECRET
+
+
+def _signer_alg(deployment: Deployment, names: Names) -> str:
+    """The algorithm of the deployment's own tokens (HS256 with a shared secret)."""
+    token = deployment.mint(names.tenant(), names.user())
+    return str(jwt.get_unverified_header(token).get("alg", "HS256"))
+
+
+def _foreign(deployment: Deployment, names: Names, claims: dict[str, Any]) -> str:
+    """``claims`` signed with the deployment's algorithm but a key of the suite's own."""
+    alg = _signer_alg(deployment, names)
+    key = _foreign_key(alg) if alg != "HS256" else _FOREIGN_SECRET
+    return deployment.sign(claims, algorithm=alg, key=key)
 
 
 def _late(deployment: Deployment, seconds: float) -> float:
@@ -120,9 +154,12 @@ def test_server_rejects_token_with_alg_none(
 def test_server_rejects_token_with_unconfigured_hmac_alg(
     connect: Connect, deployment: Deployment, names: Names, alg: str
 ) -> None:
+    """With a shared secret the token is signed with it; a deployment whose tokens come from
+    a token command has no HMAC key the suite knows, so the suite signs with its own."""
     require_secret(deployment)
     claims = deployment.claims(names.tenant(), names.user())
-    _assert_rejected(connect, deployment.sign(claims, algorithm=alg), alg)
+    key = deployment.secret or _FOREIGN_SECRET
+    _assert_rejected(connect, deployment.sign(claims, algorithm=alg, key=key), alg)
 
 
 @pytest.mark.requirement("UNI-AUTH-3", "UNI-LC-7")
@@ -144,18 +181,20 @@ def test_server_rejects_token_with_unknown_or_missing_alg(
 def test_server_rejects_hmac_signature_under_asymmetric_alg(
     connect: Connect, deployment: Deployment, names: Names, alg: str
 ) -> None:
-    """Algorithm confusion: an HMAC over the token made with the shared secret, labelled as
-    an asymmetric algorithm, must not verify with any key."""
+    """Algorithm confusion: a token of the deployment relabelled with another algorithm, and
+    an HMAC over it (with the shared secret, or with a key of the suite's own when tokens come
+    from a token command), labelled as an asymmetric algorithm, must not verify with any key."""
     require_secret(deployment)
-    assert deployment.secret is not None
     claims = deployment.claims(names.tenant(), names.user())
     good = deployment.sign(claims)
-    _header, payload, signature = good.split(".")
-    token = f"{_b64json({'alg': alg, 'typ': 'JWT'})}.{payload}.{signature}"
-    _assert_rejected(connect, token, alg)
+    header, payload, signature = good.split(".")
+    label = alg if json.loads(_unb64(header)).get("alg") != alg else "HS256"
+    token = f"{_b64json({'alg': label, 'typ': 'JWT'})}.{payload}.{signature}"
+    _assert_rejected(connect, token, label)
     # Re-sign the relabelled header with HMAC so that the signature matches its input.
     signing_input = f"{_b64json({'alg': alg, 'typ': 'JWT'})}.{payload}".encode()
-    mac = hmac.new(deployment.secret.encode(), signing_input, hashlib.sha256).digest()
+    secret = deployment.secret or _FOREIGN_SECRET
+    mac = hmac.new(secret.encode(), signing_input, hashlib.sha256).digest()
     _assert_rejected(connect, f"{signing_input.decode()}.{_b64(mac)}", f"{alg} with HMAC")
 
 
@@ -214,8 +253,7 @@ def test_server_rejects_token_signed_with_another_secret(
     connect: Connect, deployment: Deployment, names: Names
 ) -> None:
     claims = deployment.claims(names.tenant(), names.user())
-    token = deployment.sign(claims, key="conformance-not-the-secret-" + "k" * 32)
-    _assert_rejected(connect, token, "foreign secret")
+    _assert_rejected(connect, _foreign(deployment, names, claims), "foreign key")
 
 
 def _bad_claims(base: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -263,10 +301,14 @@ def test_server_rejects_token_whose_claims_violate_the_schema(
     connect: Connect, deployment: Deployment, names: Names, case: str
 ) -> None:
     require_secret(deployment)
-    assert deployment.secret is not None
     base = deployment.claims(names.tenant(), names.user(), subscribe=(">",), publish=(">",))
     claims = _bad_claims(base)[case]
     if case == "claims-not-object":
+        if deployment.secret is None:
+            pytest.skip(
+                f"{NOT_RUN_PREFIX} a token command signs claim objects only (spec 14.6); "
+                "a payload that is not an object needs --secret"
+            )
         header = _b64json({"alg": "HS256", "typ": "JWT"})
         signing_input = f"{header}.{_b64json([base])}".encode()
         mac = hmac.new(deployment.secret.encode(), signing_input, hashlib.sha256).digest()
@@ -516,7 +558,7 @@ def test_server_refuses_refresh_with_unverifiable_token_with_token_invalid(
     elif kind == "alg-none":
         token = f"{_b64json({'alg': 'none'})}.{_b64json(wide)}."
     elif kind == "foreign-secret":
-        token = deployment.sign(wide, key="conformance-not-the-secret-" + "k" * 32)
+        token = _foreign(deployment, names, wide)
     else:
         require_secret(deployment)
         wide["exp"] = int(time.time()) - 1
