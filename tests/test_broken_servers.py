@@ -43,6 +43,13 @@ Expected catches, variant -> check (requirement):
 - auth_failure_closes_4000 -> test_server_closes_4100_without_error_when_hello_token_is_rejected
   (UNI-LC-7)
 - heartbeat_not_sent -> test_server_pings_every_interval_regardless_of_traffic (UNI-HB-1)
+- deep_filter_crashes -> test_server_refuses_a_deep_filter_and_keeps_the_connection
+  (UNI-TR-29, UNI-SUB-18)
+- token_claims_unchecked -> test_server_rejects_a_signed_token_outside_the_json_limits
+  (UNI-AUTH-26)
+- repeat_failure_unavailable -> test_server_delivers_data_at_the_nesting_limit_and_refuses_
+  deeper_data (UNI-TR-29, UNI-ERR-10)
+- filter_exact_integers -> test_server_compares_filter_numbers_as_binary64 (UNI-SUB-20)
 """
 
 from __future__ import annotations

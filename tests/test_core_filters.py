@@ -224,7 +224,25 @@ def test_json_equality_keeps_types_apart_except_numbers() -> None:
     assert not json_equal("a", 1)
     assert not json_equal(None, False)
     assert not json_equal([1], [1])
-    assert not json_equal(2**53 + 1, float(2**53))
+    assert json_equal(2**53 + 1, float(2**53))  # section 5.5.2: both are the same binary64
+    assert not json_equal(2**53 + 2, 2**53)
+
+
+def test_filter_numbers_compare_as_binary64_not_exactly() -> None:
+    """9007199254740993 is 2**53 as binary64: eq matches it and gt does not (section 5.5.2)."""
+    attrs = {"n": 2**53 + 1}
+    assert evaluate(compile_filter({"eq": ["n", 2**53]}), "t", attrs)
+    assert not evaluate(compile_filter({"gt": ["n", 2**53]}), "t", attrs)
+    assert evaluate(compile_filter({"gte": ["n", 2**53]}), "t", attrs)
+    assert not evaluate(compile_filter({"lt": ["n", 2**53]}), "t", attrs)
+    assert evaluate(compile_filter({"in": ["n", [2**53]]}), "t", attrs)
+
+
+@pytest.mark.parametrize("number", [10**400, -(10**400), float("inf"), float("nan")])
+def test_filter_operand_outside_binary64_is_invalid(number: float) -> None:
+    for node in ({"eq": ["n", number]}, {"lt": ["n", number]}, {"in": ["n", [number]]}):
+        with pytest.raises(FilterError):
+            compile_filter(node)
 
 
 scalars = st.one_of(

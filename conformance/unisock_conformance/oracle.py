@@ -184,8 +184,13 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _is_finite_number(value: object) -> bool:
+    """A number JSON can carry in Unisock: its binary64 value is finite (UNI-TR-30)."""
+    return _is_number(value) and math.isfinite(_as_float(value))  # type: ignore[arg-type]
+
+
 def _is_scalar(value: object) -> bool:
-    return value is None or isinstance(value, str | bool) or _is_number(value)
+    return value is None or isinstance(value, str | bool) or _is_finite_number(value)
 
 
 def _field_ok(value: object) -> bool:
@@ -242,7 +247,12 @@ def _filter_nodes(node: object, depth: int) -> int | None:
         )
         return 1 if ok else None
     if op in ("lt", "lte", "gt", "gte"):
-        ok = isinstance(arg, list) and len(arg) == 2 and _field_ok(arg[0]) and _is_number(arg[1])
+        ok = (
+            isinstance(arg, list)
+            and len(arg) == 2
+            and _field_ok(arg[0])
+            and _is_finite_number(arg[1])
+        )
         return 1 if ok else None
     if op == "exists":
         return 1 if _field_ok(arg) else None

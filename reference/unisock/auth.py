@@ -18,6 +18,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from unisock import jsonlimits
 from unisock.channels import BROADCASTER, ChannelError, Pattern, parse_pattern
 from unisock.errors import AuthFailed
 from unisock.schemas import format_errors, validator_for
@@ -189,7 +190,7 @@ class TokenVerifier:
     def _signed_claims(self, token: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, RecursionError):
             raise AuthFailed("malformed token") from None
         alg = header.get("alg")
         # UNI-AUTH: `none`, unconfigured algorithms and alg/key confusion all end here: each
@@ -201,10 +202,16 @@ class TokenVerifier:
                 claims = jwt.decode(token, key, algorithms=[alg], options=_DECODE_OPTIONS)
             except jwt.InvalidSignatureError:
                 continue
-            except jwt.PyJWTError:
+            except (jwt.PyJWTError, RecursionError):
                 raise AuthFailed("token does not verify") from None
             if not isinstance(claims, dict):  # pragma: no cover - PyJWT returns dicts
                 raise AuthFailed("token claims are not an object")
+            try:
+                # UNI-AUTH-26: claims obey the message limits, so a signed `sub` holding a lone
+                # surrogate cannot reach `welcome`, an event's `publisher` or a log line.
+                jsonlimits.check_value(claims)
+            except jsonlimits.JsonLimitError:
+                raise AuthFailed("token claims are outside the JSON limits") from None
             return claims
         raise AuthFailed("token signature does not verify")
 

@@ -21,6 +21,7 @@ __all__ = [
     "MAX_NODES",
     "Filter",
     "FilterError",
+    "binary64",
     "compile_filter",
     "evaluate",
     "json_equal",
@@ -69,7 +70,7 @@ class _In:
 class _Compare:
     op: str
     field: str
-    value: int | float
+    value: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,21 +119,32 @@ def _is_number(value: object) -> TypeGuard[int | float]:
 
 
 def _is_finite_number(value: object) -> TypeGuard[int | float]:
-    """Numbers JSON can carry: NaN and infinities are not JSON (huge ints are)."""
-    if isinstance(value, float):
-        return math.isfinite(value)
-    return _is_number(value)
+    """Numbers the protocol carries: finite binary64 values (UNI-TR-30)."""
+    return _is_number(value) and math.isfinite(binary64(value))
+
+
+def binary64(value: int | float) -> float:
+    """The IEEE 754 binary64 value of a JSON number (section 5.5.2), saturating to infinity.
+
+    Python compares ``int`` exactly, so 9007199254740993 would differ from 9007199254740992;
+    the spec compares both as the same binary64 value. Received numbers never overflow (the
+    parser refuses them, UNI-TR-30); the saturation keeps evaluation total all the same.
+    """
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def json_equal(left: object, right: object) -> bool:
-    """JSON equality of scalars (UNI-SUB): types must agree, numbers compare by value.
+    """JSON equality of scalars (UNI-SUB): types must agree, numbers compare as binary64.
 
     ``1 == 1.0`` holds, ``true != 1`` and ``"1" != 1``.
     """
     if isinstance(left, bool) or isinstance(right, bool):
         return type(left) is type(right) and left == right
     if _is_number(left):
-        return _is_number(right) and left == right
+        return _is_number(right) and binary64(left) == binary64(right)
     if left is None or right is None:
         return left is right
     if isinstance(left, str):
@@ -181,7 +193,7 @@ class _Compiler:
             name, value = _pair(op, arg)
             if not _is_finite_number(value):
                 raise FilterError(f"'{op}' compares with a number")
-            return _Compare(op, name, value)
+            return _Compare(op, name, binary64(value))
         if op == "exists":
             return _Exists(_field(op, arg))
         if op in ("and", "or"):
@@ -248,13 +260,14 @@ def _eval(node: _Node, event_type: str, attrs: Mapping[str, object]) -> bool:
         value = _lookup(node.field, event_type, attrs)
         if not _is_number(value):
             return False
+        number = binary64(value)  # section 5.5.2: compared as binary64, never exactly
         if node.op == "lt":
-            return value < node.value
+            return number < node.value
         if node.op == "lte":
-            return value <= node.value
+            return number <= node.value
         if node.op == "gt":
-            return value > node.value
-        return value >= node.value
+            return number > node.value
+        return number >= node.value
     if isinstance(node, _Exists):
         return _lookup(node.field, event_type, attrs) is not _MISSING
     if isinstance(node, _All):

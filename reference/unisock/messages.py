@@ -9,7 +9,6 @@ fast path, :func:`encode_event_frame`, used once per sequenced event (encode onc
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import pairwise
@@ -17,6 +16,7 @@ from typing import Any, ClassVar
 
 from jsonschema.exceptions import ValidationError
 
+from unisock import jsonlimits
 from unisock._version import PROTOCOL_TOKEN, SPEC_VERSION
 from unisock.broker import GAP_REASONS, Position, PublishRecord
 from unisock.channels import ChannelError, parse_channel, parse_pattern
@@ -633,32 +633,6 @@ def add_coalesced(frame: str, offsets: tuple[int, ...] | list[int]) -> str:
 # --- parsing ----------------------------------------------------------------------------------
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    """``1e400`` would parse as infinity, which JSON cannot carry back out (UNI-TR)."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError("number out of range")
-    return value
-
-
-def _has_lone_surrogate(value: Any) -> bool:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_lone_surrogate(item) for item in value)
-    return False
-
-
 def readable_id(obj: Mapping[str, Any]) -> str | None:
     """The message's ``id`` if it is a valid request id, else ``None`` (UNI-ERR echo rule)."""
     value = obj.get("id")
@@ -796,12 +770,11 @@ def parse_client_message(text: str, *, max_filter_nodes: int = MAX_NODES) -> Cli
     Raises only ``RequestError`` subclasses, carrying the ``id`` when it was readable.
     """
     try:
-        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-    except (ValueError, RecursionError):
+        # UNI-TR-29..31: nesting, number range and lone surrogates are judged here, once, so
+        # no later stage (schema, filter, encoding the reply or the event) meets them.
+        obj = jsonlimits.loads(text)
+    except jsonlimits.JsonLimitError:
         raise InvalidJson("the frame is not valid JSON") from None
-    if "\\u" in text and _has_lone_surrogate(obj):
-        # "\ud800" is valid JSON syntax but no Unicode string: it could never be echoed back.
-        raise InvalidJson("the frame has a string that is not valid Unicode")
     if not isinstance(obj, dict):
         raise InvalidMessage("a message must be a JSON object")
     rid = readable_id(obj)
@@ -816,11 +789,20 @@ def parse_client_message(text: str, *, max_filter_nodes: int = MAX_NODES) -> Cli
     try:
         # Section 1.5: the schema (step 4) decides first, leaving aside the fields that have
         # their own codes (step 5); the per-type schema gives sharper reasons than the oneOf.
-        errors = list(validator_for(f"messages/{kind}").iter_errors(obj))
+        validator = validator_for(f"messages/{kind}")
+        if kind == "subscribe" and "filter" in obj:
+            # Filter errors all have their own code; the schema sees the filter only after the
+            # compiler bounded its depth, so validation never recurses through a deep one.
+            rest = {name: value for name, value in obj.items() if name != "filter"}
+            errors = list(validator.iter_errors(rest))
+        else:
+            errors = list(validator.iter_errors(obj))
         hard = [error for error in errors if not _has_own_code(obj, error)]
         if hard:
             raise InvalidMessage(_schema_reason(kind, _describe(hard)), request_id=rid)
         _precheck(kind, obj, rid, max_filter_nodes)
+        if kind == "subscribe" and "filter" in obj:
+            errors = list(validator.iter_errors(obj))
         if errors:
             raise InvalidMessage(_schema_reason(kind, _describe(errors)), request_id=rid)
         try:

@@ -34,7 +34,7 @@ from unisock.broker import Broker, BrokerUnavailable, ChannelKey, PublishResult,
 from unisock.brokers import build_broker
 from unisock.closecodes import close_name
 from unisock.config import EventTypeRegistry, ServerConfig
-from unisock.errors import ServiceRestart, Unavailable
+from unisock.errors import InternalError, ReplyError, ServiceRestart, Unavailable
 from unisock.memory_broker import MemoryBroker
 from unisock.messages import add_coalesced
 from unisock.metrics import Metrics
@@ -304,6 +304,11 @@ class UnisockServer:
                 self._schedule(conn)
         except ConnectionClosed:
             pass
+        except Exception as failure:
+            # A defect escaped the core: this connection ends with 1011 and no detail, never
+            # the library's default 1000, and every other connection goes on (UNI-ERR-10).
+            log.error("connection %s failed", core.connection_id, exc_info=failure)
+            self._apply_sync(conn, core.internal_failure())
         finally:
             await self._cleanup(conn)
 
@@ -420,8 +425,7 @@ class UnisockServer:
             self._apply_sync(conn, core.subscription_active(pattern))
         except Exception as failure:
             _log_failure("subscribe", core.connection_id, failure)
-            error = Unavailable("broker unavailable", retry_after_ms=RETRY_AFTER_UNAVAILABLE_MS)
-            self._apply_sync(conn, core.subscribe_failed(pattern, error))
+            self._apply_sync(conn, core.subscribe_failed(pattern, _failure_error(failure)))
 
     def _count_resume(self, gap: str | None) -> None:
         if gap is None:
@@ -434,7 +438,7 @@ class UnisockServer:
             result = await self.broker.publish(action.record)
         except Exception as failure:
             _log_failure("publish", conn.core.connection_id, failure)
-            error = Unavailable("broker unavailable", retry_after_ms=RETRY_AFTER_UNAVAILABLE_MS)
+            error = _failure_error(failure)
             self._apply_sync(conn, conn.core.publish_failed(action.request_id, error))
             return
         if not result.duplicate:
@@ -610,6 +614,14 @@ class UnisockServer:
         error = ServiceRestart(window_ms=self.config.drain_window_ms)
         for conn in list(self.conns.values()):
             self._apply_sync(conn, conn.core.abort(error))
+
+
+def _failure_error(failure: Exception) -> ReplyError:
+    """UNI-ERR-10/11: only an unreachable broker is ``unavailable`` (a retry may succeed);
+    any other failure would repeat on every retry, so it is ``internal_error``."""
+    if isinstance(failure, BrokerUnavailable | OSError):
+        return Unavailable("broker unavailable", retry_after_ms=RETRY_AFTER_UNAVAILABLE_MS)
+    return InternalError()
 
 
 def _log_failure(what: str, connection_id: str, failure: Exception) -> None:

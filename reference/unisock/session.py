@@ -442,7 +442,23 @@ class SessionCore:
     # -- inbound frames ------------------------------------------------------------------------
 
     def receive_text(self, text: str) -> list[Action]:
-        """One inbound text frame."""
+        """One inbound text frame.
+
+        Nothing escapes: a defect anywhere below closes this connection with 1011 and no
+        detail (UNI-ERR-10), never the transport's default close.
+        """
+        try:
+            return self._receive_text(text)
+        except Exception as exc:
+            return [*self.internal_failure(), InternalFailure(exc)]
+
+    def internal_failure(self) -> list[Action]:
+        """An unexpected failure left this connection unusable: close 1011 ``internal_error``."""
+        if self.state is State.CLOSED:
+            return []
+        return self._close(Input.CLOSE, CloseCode.INTERNAL_ERROR, "internal_error")
+
+    def _receive_text(self, text: str) -> list[Action]:
         if self.state is State.CLOSED:
             return []
         now = self._clock()

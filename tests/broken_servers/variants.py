@@ -14,14 +14,28 @@ import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
-from unisock import auth, delivery, errors, memory_broker, server, session
+from unisock import (
+    auth,
+    delivery,
+    errors,
+    filters,
+    jsonlimits,
+    memory_broker,
+    messages,
+    server,
+    session,
+)
 from unisock.broker import Replay
+from unisock.errors import Unavailable
 from unisock.memory_broker import MemoryBroker
 from unisock.ratelimit import TokenBucket
+from unisock.schemas import validator_for
 from unisock.server import UnisockServer
 from unisock.session import Close, Send, SessionCore, StartPublish
+from unisock.state import Input
 
 __all__ = ["VARIANTS", "Variant", "VariantTargetMissing", "apply"]
 
@@ -325,6 +339,62 @@ def heartbeat_not_sent() -> None:
     _wrap_method(SessionCore, "tick", make)
 
 
+# --- hostile input -----------------------------------------------------------------------------
+
+
+def _no_nesting_limit() -> None:
+    """Values nest as deep as the JSON parser survives (no UNI-TR-29 limit)."""
+    check = _original(jsonlimits, "check_value")
+    _replace(jsonlimits, "check_value", lambda value, max_nesting=0: check(value, 10**9))
+
+
+def _defects_close_1000() -> None:
+    """An exception escaping the core ends the connection with the transport's 1000."""
+
+    def internal_failure(self: SessionCore) -> list[Any]:
+        return self._close(Input.CLOSE, 1000, "")
+
+    _replace(SessionCore, "internal_failure", internal_failure)
+
+
+def deep_filter_crashes() -> None:
+    """The whole subscribe, deep filter included, goes through recursive schema validation
+    before the filter's depth is checked; the recursion error closes with 1000."""
+    _no_nesting_limit()
+    _defects_close_1000()
+    precheck = _original(messages, "_precheck")
+
+    def validated(kind: str, obj: Any, rid: Any, max_filter_nodes: int) -> None:
+        if kind == "subscribe":
+            list(validator_for("messages/subscribe").iter_errors(obj))
+        precheck(kind, obj, rid, max_filter_nodes)
+
+    _replace(messages, "_precheck", validated)
+
+
+def token_claims_unchecked() -> None:
+    """Signed claims skip the JSON limits: a lone surrogate in ``sub`` reaches ``welcome``,
+    whose encoding fails, and the connection closes with 1000."""
+    _defects_close_1000()
+    _replace(auth, "jsonlimits", SimpleNamespace(check_value=lambda value: None))
+
+
+def repeat_failure_unavailable() -> None:
+    """No nesting limit, and every failed publish is ``unavailable``: data too deep to encode
+    is refused as temporary, inviting endless retries."""
+    _no_nesting_limit()
+
+    def failure_error(failure: Exception) -> Any:
+        return Unavailable("broker unavailable", retry_after_ms=1000)
+
+    _replace(server, "_failure_error", failure_error)
+
+
+def filter_exact_integers() -> None:
+    """Filters compare numbers exactly instead of as binary64 (section 5.5.2)."""
+    _replace(filters, "binary64", lambda value: value)
+
+
 # --- registry ----------------------------------------------------------------------------------
 
 
@@ -379,6 +449,10 @@ VARIANTS: dict[str, Variant] = {
         ),
         _v(auth_failure_closes_4000, "closes_4100_without_error", "UNI-LC-7"),
         _v(heartbeat_not_sent, "pings_every_interval", "UNI-HB-1"),
+        _v(deep_filter_crashes, "deep_filter_and_keeps", "UNI-TR-29", "UNI-SUB-18"),
+        _v(token_claims_unchecked, "signed_token_outside_the_json_limits", "UNI-AUTH-26"),
+        _v(repeat_failure_unavailable, "data_at_the_nesting_limit", "UNI-TR-29", "UNI-ERR-10"),
+        _v(filter_exact_integers, "filter_numbers_as_binary64", "UNI-SUB-20"),
     )
 }
 

@@ -1,0 +1,86 @@
+"""The limits every received JSON value obeys (spec section 1.4, UNI-TR-29..31).
+
+JSON's grammar allows values no implementation can hold or send back: nesting deep enough to
+exhaust a recursive parser or encoder, numbers beyond binary64, strings holding lone UTF-16
+surrogates. One iterative walk refuses them all, so no later stage (schema validation, filter
+compilation, encoding an event or a ``welcome``) meets them and fails in its own way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Final
+
+__all__ = ["MAX_NESTING", "JsonLimitError", "check_value", "loads"]
+
+MAX_NESTING: Final = 64
+"""Deepest accepted nesting: a top-level object has depth 1, each array or object inside +1."""
+
+
+class JsonLimitError(ValueError):
+    """A JSON value outside the protocol's limits (wire code ``invalid_json``)."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise JsonLimitError(f"{name} is not JSON")
+
+
+def _number_ok(value: int | float) -> bool:
+    """UNI-TR-30: the number rounds to a finite binary64 (``1e400`` does not; ``1e-400`` does)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
+def _string_ok(value: str) -> bool:
+    """UNI-TR-31: a string is a sequence of Unicode scalar values (no lone surrogate)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_value(value: Any, max_nesting: int = MAX_NESTING) -> None:
+    """Raise :class:`JsonLimitError` when ``value`` breaks a limit; iterative, never recursive."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if not _string_ok(item):
+                raise JsonLimitError("a string holds a lone surrogate")
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int | float):
+            if not _number_ok(item):
+                raise JsonLimitError("a number is outside the binary64 range")
+        elif isinstance(item, dict | list):
+            if depth > max_nesting:
+                raise JsonLimitError(f"nesting deeper than {max_nesting}")
+            if isinstance(item, dict):
+                for key, member in item.items():
+                    if not _string_ok(key):
+                        raise JsonLimitError("a member name holds a lone surrogate")
+                    stack.append((member, depth + 1))
+            else:
+                stack.extend((member, depth + 1) for member in item)
+
+
+def loads(text: str | bytes) -> Any:
+    """Parse ``text`` as JSON within the limits; any failure is :class:`JsonLimitError`.
+
+    ``RecursionError`` counts as too deep: the C scanner gives up long before memory does.
+    """
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise JsonLimitError(str(exc) if isinstance(exc, JsonLimitError) else "not JSON") from None
+    check_value(value)
+    return value
