@@ -5,7 +5,8 @@ STAMP := $(VENV)/.installed
 TASKBOARD := examples/taskboard
 NPM_CI := npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 
-.PHONY: setup browser js taskboard demo e2e screenshots test lint typecheck pytest docs serve chaos clean
+.PHONY: setup browser js taskboard demo e2e screenshots test lint typecheck pytest docs serve chaos clean \
+	bench-setup bench bench-profile
 
 setup: $(STAMP)
 
@@ -72,6 +73,19 @@ CHAOS_SECONDS ?= 180
 chaos: setup
 	$(PY) tests/chaos.py --duration $(CHAOS_SECONDS) --subscribers 4 --publishers 3
 
+# Peer benchmarks (bench/README.md): the Node peers and the bench extra, then every scenario
+# against every peer (about 20 minutes on a quiet machine); BENCH_ARGS=--quick for a short run.
+BENCH_ARGS ?=
+bench-setup: setup
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m bench setup
+
+bench: bench-setup
+	$(PY) -m bench run $(BENCH_ARGS)
+
+bench-profile: bench-setup
+	$(PY) -m bench profile $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) site tests/asyncapi/node_modules docs/node_modules reference/js/node_modules reference/js/dist \
-		$(TASKBOARD)/node_modules $(TASKBOARD)/web/dist
+		$(TASKBOARD)/node_modules $(TASKBOARD)/web/dist bench/node/node_modules

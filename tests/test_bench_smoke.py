@@ -34,37 +34,56 @@ def _run(script: str, out: Path, *args: str) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_fanout_benchmark_writes_cpu_per_delivery_for_every_scenario(tmp_path: Path) -> None:
-    data = _run("fanout.py", tmp_path, "--subscribers", "4", "--events", "12", "--warmup", "2")
-    assert data["benchmark"] == "fanout"
+def test_suite_runs_every_scenario_and_writes_results_summary_and_plots(tmp_path: Path) -> None:
+    """The tiny size, on the peers that need no extra install: every scenario's code path."""
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--out",
+            str(tmp_path),
+            "--client-procs",
+            "1",
+            "run",
+            "--size",
+            "tiny",
+            "--peers",
+            "floor,unisock",
+        ],
+        cwd=BENCH.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    data = json.loads((tmp_path / "suite.json").read_text())
+    assert data["size"] == "tiny"
     assert set(data["machine"]) >= MACHINE_FIELDS
-    assert data["parameters"]["subscribers"] == 4
-    assert data["parameters"]["deliveries"] == 48
-    assert set(data["scenarios"]) == {"bare", "floor", "unisock", "unisock-inproc"}
-    for scenario in data["scenarios"].values():
-        assert "median_cpu_s_per_million" in scenario
-        (run,) = scenario["runs"]
-        assert run["deliveries"] == 48
-        assert {"server_cpu_s", "server_user_s", "server_sys_s", "wall_s"} <= set(run)
-    assert {"floor/bare", "unisock/bare", "unisock-inproc/bare"} <= set(data["ratios"])
-    assert {"max_ratio_to_bare", "ratio", "met"} <= set(data["target"])
-    assert "| `unisock` |" in (tmp_path / "fanout.md").read_text()
-
-
-@pytest.mark.slow
-def test_memory_benchmark_writes_kib_per_idle_connection(tmp_path: Path) -> None:
-    data = _run("memory.py", tmp_path, "--connections", "6", "--warmup", "2")
-    assert data["benchmark"] == "memory"
-    assert set(data["machine"]) >= MACHINE_FIELDS
-    assert data["parameters"]["connections"] == 6
-    assert len(data["parameters"]["subscriptions"]) == 2
-    assert set(data["scenarios"]) == {"bare", "unisock"}
-    for scenario in data["scenarios"].values():
-        assert "median_kib_per_connection" in scenario
-        (run,) = scenario["runs"]
-        assert {"rss_0_kib", "rss_n_kib", "kib_per_connection"} <= set(run)
-    assert {"max_kib_per_connection", "kib_per_connection", "met"} <= set(data["target"])
-    assert "| `unisock` |" in (tmp_path / "memory.md").read_text()
+    assert set(data["scenarios"]) == {"s1-4", "s2", "s3", "s4", "s5"}
+    assert set(data["scenarios"]["s1-4"]["peers"]) == {"floor", "unisock"}
+    # Filters, tenants and resumption are Unisock's: only Unisock runs scenarios 2 and 5.
+    assert set(data["scenarios"]["s2"]["peers"]) == {"unisock"}
+    assert set(data["scenarios"]["s5"]["peers"]) == {"unisock"}
+    for key, scenario in data["scenarios"].items():
+        for peer, runs in scenario["peers"].items():
+            (run,) = runs
+            assert "error" not in run, (key, peer, run)
+    (s1,) = data["scenarios"]["s1-4"]["peers"]["unisock"]
+    assert s1["deliveries"] == 4 * 50 and s1["server_cpu_s"] >= 0
+    (s2,) = data["scenarios"]["s2"]["peers"]["unisock"]
+    # Counts, not timings: every filtered delivery arrived, none crossed a tenant.
+    assert s2["delivered_total"] == s2["expected_deliveries"] > 0
+    assert s2["cross_tenant"] == 0
+    (s4,) = data["scenarios"]["s4"]["peers"]["unisock"]
+    assert s4["connections"] == 6
+    (s5,) = data["scenarios"]["s5"]["peers"]["unisock"]
+    assert s5["delivered_fraction"] == 1.0 and s5["duplicates_after_dedup"] == 0
+    assert s5["curve"] and s5["back_100_s"] is not None
+    assert data["figures"]["s1-4"]["unisock"]["cpu_s_per_million"]["valid_runs"] == 1
+    summary = (tmp_path / "summary.md").read_text()
+    assert "TINY SIZE" in summary and "| `unisock` |" in summary and "## Targets" in summary
 
 
 @pytest.mark.slow

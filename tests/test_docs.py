@@ -329,6 +329,19 @@ def test_benchmarks_page_includes_markdown_and_plots_series(
     assert "## Fan-out" in page and "<polyline" in page and "p99 ms" in page
 
 
+def test_performance_page_shows_peer_benchmark_summary_with_its_plots(
+    hook: ModuleType, tmp_path: Path
+) -> None:
+    assert "No peer benchmark results yet" in hook.bench_summary(tmp_path, "../bench/")
+    (tmp_path / "summary.md").write_text("# Peers\n\n![fan-out](s1.svg)\n", encoding="utf-8")
+    (tmp_path / "suite.json").write_text("{}", encoding="utf-8")
+    text = hook.bench_summary(tmp_path, "../bench/")
+    assert "## Peers" in text and "](../bench/s1.svg)" in text
+    page = hook.benchmarks_page(tmp_path)
+    # The summary lives on the performance page; the benchmarks page links there instead.
+    assert "performance.md" in page and "## `suite.json`" not in page
+
+
 def test_cli_page_documents_every_subcommand_and_option(hook: ModuleType) -> None:
     page = hook.cli_page()
     parser = build_parser()

@@ -36,6 +36,10 @@ SPEC = ROOT / "spec"
 SCHEMAS = ROOT / "schemas" / "v1"
 DATA = ROOT / "docs" / "_data"
 BENCH = ROOT / "bench" / "results"
+PERFORMANCE_PAGE = "topics/performance.md"
+BENCH_MARKER = "<!-- bench-summary -->"
+BENCH_SUMMARY = ("summary.md", "suite.json")
+"""The peer benchmarks' results: shown on the performance page, not on the benchmarks page."""
 MERMAID_JS = ROOT / "docs" / "node_modules" / "mermaid" / "dist" / "mermaid.min.js"
 MERMAID_URI = "assets/javascripts/mermaid.min.js"
 
@@ -67,7 +71,17 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
             files.append(File.generated(config, uri, abs_src_path=str(path)))
     if MERMAID_JS.is_file():
         files.append(File.generated(config, MERMAID_URI, abs_src_path=str(MERMAID_JS)))
+    for path in sorted(BENCH.glob("*")):
+        if path.suffix in {".svg", ".png"}:
+            files.append(File.generated(config, f"bench/{path.name}", abs_src_path=str(path)))
     return files
+
+
+def on_page_markdown(markdown: str, page: Any, config: MkDocsConfig, files: Files) -> str:
+    """The performance page shows the latest peer benchmark summary where it says so."""
+    if page.file.src_uri == PERFORMANCE_PAGE and BENCH_MARKER in markdown:
+        return markdown.replace(BENCH_MARKER, bench_summary(BENCH, "../bench/"))
+    return markdown
 
 
 def _expand_nav(nav: Any) -> Any:
@@ -875,13 +889,32 @@ def svg_line_plot(series: list[Mapping[str, Any]], x_label: str, y_label: str) -
     return "".join(parts)
 
 
+def bench_summary(results_dir: Path, images: str) -> str:
+    """``summary.md`` below a second-level heading, its plots served from ``images``."""
+    path = results_dir / "summary.md"
+    if not path.is_file():
+        return "No peer benchmark results yet: run `python -m bench run`.\n"
+    text = path.read_text(encoding="utf-8")
+    text = re.sub(r"^(#+) ", r"#\1 ", text, flags=re.MULTILINE)
+    return re.sub(r"\]\(([\w.-]+\.(?:svg|png))\)", lambda m: f"]({images}{m.group(1)})", text)
+
+
 def benchmarks_page(results_dir: Path) -> str:
     head = (
         "# Benchmarks\n\n"
         "Results of the benchmarks in `bench/`, included as they were when this site was "
         "built.\n\n"
     )
-    files = sorted(results_dir.glob("*.md")) + sorted(results_dir.glob("*.json"))
+    files = [
+        path
+        for path in sorted(results_dir.glob("*.md")) + sorted(results_dir.glob("*.json"))
+        if path.name not in BENCH_SUMMARY
+    ]
+    if (results_dir / "summary.md").is_file():
+        head += (
+            "The peer benchmarks (Unisock against socket.io, ws, python-socketio and bare "
+            "`websockets`) are on the [performance](../topics/performance.md) page.\n\n"
+        )
     if not files:
         return head + "No benchmark results yet: `bench/results/` holds none.\n"
     out = [head]

@@ -1,0 +1,1 @@
+"""The benchmark suite: ``python -m bench setup|run|report|profile`` (see ``bench/README.md``)."""

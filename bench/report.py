@@ -1,0 +1,441 @@
+"""Results of the peer benchmarks: ``suite.json``, ``summary.md`` and the plots.
+
+Every figure is the median of the valid runs of one invocation, with the lowest and highest
+run beside it; every ratio compares medians of the same invocation, where the machine's state
+was shared by both sides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench import _harness as h
+from bench import suite
+
+PLOTS = ("s1", "s3", "s4", "s5")
+TARGETS = {
+    "s1_vs_socketio": 1.0,
+    "s1_vs_floor": 1.15,
+    "s1_vs_pysio": 0.25,
+    "s2_vs_s1": 1.3,
+    "s3_p99_ms": 20.0,
+    "s4_vs_socketio": 1.0,
+    "s5_back_95_s": 5.0,
+}
+
+
+def machine() -> dict[str, Any]:
+    info = h.machine_info()
+    for package in ("python-socketio", "aiohttp", "uvloop", "redis"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            info[package] = importlib.metadata.version(package)
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        info["node"] = subprocess.run(
+            ["node", "--version"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    for package in ("socket.io", "ws"):
+        path = suite.NODE_DIR / "node_modules" / package / "package.json"
+        with contextlib.suppress(OSError, ValueError):
+            info[package] = json.loads(path.read_text())["version"]
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        if shutil.which("redis-server"):
+            out = subprocess.run(
+                ["redis-server", "--version"], capture_output=True, text=True, check=True
+            ).stdout
+            info["redis-server"] = next(
+                (w.split("=")[1] for w in out.split() if w.startswith("v=")), out.strip()
+            )
+    return info
+
+
+def one_line(scenario: str, r: dict[str, Any]) -> str:
+    if "error" in r:
+        return "FAILED " + r["error"]
+    mark = "" if r.get("valid") else "  (INVALID)"
+    if scenario == "s1":
+        return (
+            f"{r['cpu_s_per_million']:8.2f} s CPU / 1M deliveries, "
+            f"{r['deliveries_per_s']:,} deliveries/s, load {r['load_util']:.2f}{mark}"
+        )
+    if scenario in ("s2", "s3"):
+        lat = r["latency_ms"]
+        return (
+            f"p50 {lat['p50']:.2f} p99 {lat['p99']:.2f} p99.9 {lat['p99.9']:.2f} ms, "
+            f"{r['cpu_s_per_million']} s CPU / 1M, {r['publishes_per_s']}/s, "
+            f"cross-tenant {r['cross_tenant']}, {r['delivered_total']}/{r['expected_deliveries']}"
+            f"{mark}"
+        )
+    if scenario == "s4":
+        return (
+            f"{r['kib_per_connection']:.2f} KiB/connection, {r['accepted_per_s']:,} accepted/s"
+            f"{mark}"
+        )
+    return (
+        f"95% back {r['back_95_s']} s, 100% {r['back_100_s']} s, delivered "
+        f"{r['delivered_fraction']}, duplicates {r['duplicates_after_dedup']}{mark}"
+    )
+
+
+# --- figures -----------------------------------------------------------------------------------
+
+FIGURES: dict[str, dict[str, Any]] = {
+    "s1": {"cpu_s_per_million": "CPU s / 1M deliveries", "deliveries_per_s": "deliveries/s"},
+    "s2": {
+        "cpu_s_per_million": "CPU s / 1M deliveries",
+        "latency_ms.p50": "p50 ms",
+        "latency_ms.p99": "p99 ms",
+        "latency_ms.p99.9": "p99.9 ms",
+        "cross_tenant": "cross-tenant deliveries",
+    },
+    "s3": {
+        "latency_ms.p50": "p50 ms",
+        "latency_ms.p99": "p99 ms",
+        "latency_ms.p99.9": "p99.9 ms",
+        "server_cpu_share": "server CPU (cores)",
+    },
+    "s4": {"kib_per_connection": "KiB / connection", "accepted_per_s": "connections/s"},
+    "s5": {
+        "back_95_s": "95% back (s)",
+        "back_100_s": "100% back (s)",
+        "delivered_fraction": "delivered",
+        "duplicates_after_dedup": "duplicates",
+    },
+}
+
+
+def _get(run: dict[str, Any], path: str) -> Any:
+    if path in run:
+        return run[path]
+    head, _, rest = path.partition(".")
+    value = run.get(head)
+    return value.get(rest) if isinstance(value, dict) else None
+
+
+def figures(data: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """scenario key -> peer -> figure -> {median, min, max, valid_runs}."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for key, scenario in data["scenarios"].items():
+        kind = key.split("-")[0]
+        out[key] = {
+            peer: {
+                path: suite.summarise(runs, lambda r, p=path: _get(r, p)) for path in FIGURES[kind]
+            }
+            | {"runs": {"total": len(runs)}}
+            for peer, runs in scenario["peers"].items()
+        }
+    return out
+
+
+def _median(figs: dict[str, Any], key: str, peer: str, path: str) -> float | None:
+    value = figs.get(key, {}).get(peer, {}).get(path, {}).get("median")
+    return None if value is None else float(value)
+
+
+def ratios(data: dict[str, Any], figs: dict[str, Any]) -> dict[str, float]:
+    """Unisock's figure over each peer's, within this run."""
+    out: dict[str, float] = {}
+    for key in figs:
+        kind = key.split("-")[0]
+        path = {"s1": "cpu_s_per_million", "s4": "kib_per_connection"}.get(kind)
+        if path is None:
+            continue
+        mine = _median(figs, key, "unisock", path)
+        for peer in figs[key]:
+            theirs = _median(figs, key, peer, path)
+            if mine and theirs and peer != "unisock":
+                out[f"{key} unisock/{peer}"] = round(mine / theirs, 3)
+    s1 = "s1-1000" if "s1-1000" in figs else next((k for k in figs if k.startswith("s1-")), None)
+    if s1 and "s2" in figs:
+        for peer in figs["s2"]:
+            a = _median(figs, "s2", peer, "cpu_s_per_million")
+            b = _median(figs, s1, peer, "cpu_s_per_million")
+            if a and b:
+                out[f"s2/{s1} {peer}"] = round(a / b, 3)
+    return out
+
+
+def targets(figs: dict[str, Any], rat: dict[str, float]) -> list[tuple[str, str, Any, bool | None]]:
+    """(target, bound, measured, met) for every target of the issue this run can judge."""
+    s1 = "s1-1000" if "s1-1000" in figs else next((k for k in figs if k.startswith("s1-")), None)
+    rows: list[tuple[str, str, Any, bool | None]] = []
+
+    def ratio_row(label: str, key: str, bound: float) -> None:
+        value = rat.get(key)
+        rows.append((label, f"<= {bound}x", value, None if value is None else value <= bound))
+
+    if s1:
+        ratio_row(
+            f"S1 ({s1[3:]} subscribers) CPU/delivery vs socket.io",
+            f"{s1} unisock/socketio",
+            TARGETS["s1_vs_socketio"],
+        )
+        ratio_row(
+            f"S1 ({s1[3:]} subscribers) CPU/delivery vs floor",
+            f"{s1} unisock/floor",
+            TARGETS["s1_vs_floor"],
+        )
+        ratio_row(
+            f"S1 ({s1[3:]} subscribers) CPU/delivery vs python-socketio",
+            f"{s1} unisock/pysio",
+            TARGETS["s1_vs_pysio"],
+        )
+        ratio_row("S2 CPU/delivery vs S1 (unisock)", f"s2/{s1} unisock", TARGETS["s2_vs_s1"])
+    p99 = _median(figs, "s3", "unisock", "latency_ms.p99")
+    rows.append(
+        ("S3 p99 (unisock)", "< 20 ms", p99, None if p99 is None else p99 < TARGETS["s3_p99_ms"])
+    )
+    if "s4" in figs:
+        ratio_row(
+            "S4 memory per idle connection vs socket.io",
+            "s4 unisock/socketio",
+            TARGETS["s4_vs_socketio"],
+        )
+    if "s5" in figs:
+        back = _median(figs, "s5", "unisock", "back_95_s")
+        rows.append(
+            ("S5 95% back (unisock)", "<= 5 s", back, None if back is None else back <= 5.0)
+        )
+        frac = _median(figs, "s5", "unisock", "delivered_fraction")
+        rows.append(("S5 delivered (unisock)", "100%", frac, None if frac is None else frac == 1.0))
+        dups = _median(figs, "s5", "unisock", "duplicates_after_dedup")
+        rows.append(("S5 duplicates (unisock)", "0", dups, None if dups is None else dups == 0))
+    return rows  # fmt: skip
+
+
+# --- the Markdown summary ----------------------------------------------------------------------
+
+TITLES = {
+    "s1": "Scenario 1: fan-out, one room, {n} subscribers, {b}-byte events",
+    "s2": "Scenario 2: multi-tenant filtered fan-out ({c} connections, 3 subscriptions each, "
+    "20% filtered, {r} schema-validated publishes/s)",
+    "s3": "Scenario 3: latency under load ({n} subscribers, {r} events/s)",
+    "s4": "Scenario 4: idle capacity ({n} connections, 2 subscriptions each)",
+    "s5": "Scenario 5: reconnect storm ({n} subscribers on {c} channels, {r} publishes/s, every "
+    "connection dropped at once)",
+}
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def markdown(data: dict[str, Any], figs: dict[str, Any], rat: dict[str, float]) -> str:
+    m = data["machine"]
+    p = data["parameters"]
+    loads = [x for x in data.get("load_average", []) if x >= 0]
+    versions = ", ".join(
+        f"{name} {m[name]}"
+        for name in ("python", "websockets", "unisock", "node", "socket.io", "ws",
+                     "python-socketio", "aiohttp", "uvloop", "redis-server")
+        if name in m
+    )  # fmt: skip
+    label = "" if data["size"] == "full" else f" — {data['size'].upper()} SIZE, NOT THE FULL RUN"
+    lines = [
+        f"# Peer benchmarks{label}",
+        "",
+        f"Measured {data['date']} on {m['cpu_model']} ({m['usable_cores']} cores; the server "
+        f"pinned to core {data['server_cores']}, the load generators on {data['client_cores']}). "
+        f"Versions: {versions}. One-minute load average before the runs: "
+        + (f"{min(loads):.2f} to {max(loads):.2f}." if loads else "n/a."),
+        "",
+        f"Size `{data['size']}`, {p['repeat']} interleaved repeat(s) per peer; each cell is the "
+        "median of the valid runs, with the lowest and highest in brackets. Server CPU is the "
+        "server process's user + system time from `/proc`; a run is invalid when the load "
+        f"generators used {suite.SATURATED:.0%} of their cores (or a paced publisher fell "
+        "behind, or a delivery was missing). Ratios compare medians of this invocation.",
+        "",
+    ]
+    if data.get("skipped_peers"):
+        lines += [
+            "Not measured here: "
+            + "; ".join(f"`{k}` ({v})" for k, v in data["skipped_peers"].items())
+            + ".",
+            "",
+        ]
+    lines += ["## Targets", "", "| target | bound | measured | met |", "|---|---|---:|---|"]
+    for label_, bound, value, met in targets(figs, rat):
+        verdict = "n/a" if met is None else ("yes" if met else "**no**")
+        lines.append(f"| {label_} | {bound} | {_fmt(value)} | {verdict} |")
+    lines.append("")
+    for key, peers in figs.items():
+        kind = key.split("-")[0]
+        n = key.split("-")[1] if kind == "s1" else None
+        title = TITLES[kind].format(
+            n=n or p.get(f"{kind}_subscribers", p.get("s4_connections")),
+            b=p["event_bytes"],
+            c=p.get("s2_connections") if kind == "s2" else p.get("s5_channels"),
+            r=p.get(f"{kind}_rate"),
+        )
+        if kind == "s4":
+            title = TITLES["s4"].format(n=p["s4_connections"])
+        lines += [f"## {title}", ""]
+        columns = FIGURES[kind]
+        lines.append("| peer | " + " | ".join(columns.values()) + " | valid runs |")
+        lines.append("|---|" + "---:|" * len(columns) + "---|")
+        for peer, cells in peers.items():
+            row = [f"`{peer}`"]
+            for path in columns:
+                cell = cells[path]
+                text = _fmt(cell["median"])
+                if cell["min"] is not None and cell["min"] != cell["max"]:
+                    text += f" [{_fmt(cell['min'])} to {_fmt(cell['max'])}]"
+                row.append(text)
+            valid = cells[next(iter(columns))]["valid_runs"]
+            row.append(f"{valid}/{cells['runs']['total']}")
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+        mine = {k: v for k, v in rat.items() if k.startswith(key + " ")}
+        if mine:
+            lines.append(
+                "Unisock over each peer: "
+                + ", ".join(f"{k.split(' ')[1].split('/')[1]} {v:.2f}x" for k, v in mine.items())
+                + "."
+            )
+            lines.append("")
+        if kind in PLOTS and key in (f"s1-{p['s1_subscribers'][0]}", "s3", "s4", "s5"):
+            lines += [f"![{title}]({kind}.svg)", ""]
+    s2 = {k: v for k, v in rat.items() if k.startswith("s2/")}
+    if s2:
+        over = ", ".join(f"{k.split(' ')[1]} {v:.2f}x" for k, v in s2.items())
+        lines.append(f"Scenario 2 over scenario 1, CPU per delivery: {over}.")
+        lines.append("")
+    described = "; ".join(f"`{peer.name}`: {peer.what}" for peer in suite.peers().values())
+    lines += [f"Peers: {described}.", ""]
+    return "\n".join(lines)
+
+
+# --- plots -------------------------------------------------------------------------------------
+
+
+def plots(out: Path, data: dict[str, Any], figs: dict[str, Any]) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written: list[Path] = []
+
+    def bars(name: str, key: str, paths: dict[str, str], ylabel: str, title: str) -> None:
+        peers = figs.get(key)
+        if not peers:
+            return
+        fig, ax = plt.subplots(figsize=(7.5, 3.6))
+        names = list(peers)
+        width = 0.8 / len(paths)
+        for i, (path, label) in enumerate(paths.items()):
+            med = [peers[n][path]["median"] or 0 for n in names]
+            low = [
+                max(0, m - (peers[n][path]["min"] or m)) for m, n in zip(med, names, strict=True)
+            ]
+            high = [
+                max(0, (peers[n][path]["max"] or m) - m) for m, n in zip(med, names, strict=True)
+            ]
+            xs = [x + i * width for x in range(len(names))]
+            ax.bar(xs, med, width, yerr=[low, high], capsize=3, label=label)
+        ax.set_xticks([x + width * (len(paths) - 1) / 2 for x in range(len(names))], names)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        if len(paths) > 1:
+            ax.legend(fontsize=8)
+        ax.tick_params(axis="x", labelsize=8)
+        fig.tight_layout()
+        for ext in ("svg", "png"):
+            path = out / f"{name}.{ext}"
+            fig.savefig(path, dpi=110)
+            written.append(path)
+        plt.close(fig)
+
+    p = data["parameters"]
+    first = f"s1-{p['s1_subscribers'][0]}"
+    bars(
+        "s1",
+        first,
+        {"cpu_s_per_million": "CPU"},
+        "server CPU s / 1M deliveries",
+        f"Fan-out, {first[3:]} subscribers: server CPU per delivery (lower is better)",
+    )
+    bars(
+        "s3",
+        "s3",
+        {"latency_ms.p50": "p50", "latency_ms.p99": "p99"},
+        "ms",
+        "Latency under load: publish to receive",
+    )
+    bars("s4", "s4", {"kib_per_connection": "KiB"}, "KiB / idle connection",
+         "Idle capacity: server memory per connection")  # fmt: skip
+    storm = data["scenarios"].get("s5")
+    if storm:
+        fig, ax = plt.subplots(figsize=(7.5, 3.6))
+        for peer, runs in storm["peers"].items():
+            for i, run in enumerate(runs):
+                curve = run.get("curve")
+                if curve:
+                    xs, ys = zip(*curve, strict=True)
+                    ax.step(xs, ys, where="post", label=f"{peer} run {i + 1}", linewidth=1)
+        ax.set_xlabel("seconds after every connection dropped")
+        ax.set_ylabel("subscribers back (resumed)")
+        ax.set_title("Reconnect storm: jittered backoff spreads the reconnects", fontsize=10)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        for ext in ("svg", "png"):
+            path = out / f"s5.{ext}"
+            fig.savefig(path, dpi=110)
+            written.append(path)
+        plt.close(fig)
+    return written
+
+
+def write(out: Path, data: dict[str, Any]) -> None:
+    figs = figures(data)
+    rat = ratios(data, figs)
+    data["figures"] = figs
+    data["ratios"] = rat
+    data["targets"] = [
+        {"target": t, "bound": b, "measured": v, "met": m} for t, b, v, m in targets(figs, rat)
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "suite.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    plots(out, data, figs)
+    (out / "summary.md").write_text(markdown(data, figs, rat), encoding="utf-8")
+
+
+# --- profiles ----------------------------------------------------------------------------------
+
+
+def profile_top(collapsed: Path, top: int) -> str:
+    """Self and inclusive sample shares per function, from py-spy's collapsed stacks."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.read_text(encoding="utf-8").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        total += count
+        frames = [f.strip() for f in stack.split(";") if f.strip()]
+        if not frames:
+            continue
+        own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    if not total:
+        return "no samples\n"
+    lines = [f"{total} samples", "", "self %  function (file:line)"]
+    lines += [f"{100 * c / total:6.2f}  {f}" for f, c in own.most_common(top)]
+    lines += ["", "incl %  function (file:line)"]
+    lines += [f"{100 * c / total:6.2f}  {f}" for f, c in inclusive.most_common(top)]
+    return "\n".join(lines) + "\n"
