@@ -290,11 +290,11 @@ def test_plugin_runs_drain_checks_last_and_grades_them_not_run_without_the_hook(
         for line in result.stdout.splitlines()
         if "::test_" in line and (" PASSED" in line or " SKIPPED" in line)
     ]
-    assert ran == [False] * 6 + [True] * 3, result.stdout  # cluster, smoke, then drain
+    assert ran == [False] * 6 + [True] * 4, result.stdout  # cluster, smoke, then drain
     report = _report(report_dir)
     tests = {t["id"].rsplit("::", 1)[-1]: t for t in report["tests"]}
     drain = [t for name, t in tests.items() if "drain" in name]
-    assert len(drain) == 3
+    assert len(drain) == 4
     assert all(t["outcome"] == "not-run" and "needs --drain-command" in t["message"] for t in drain)
     cluster = tests["test_server_supersedes_a_session_opened_again_on_another_node"]
     assert cluster["outcome"] == "not-run" and "needs --node-url" in cluster["message"]
@@ -476,7 +476,14 @@ def test_suite_passes_against_the_reference_server_with_conformance_timers(
     }
     assert unexpected == {}
     outcomes = _outcomes(report)
-    for ident in ("UNI-LC-17", "UNI-LC-18", "UNI-CLOSE-19", "UNI-CLOSE-20", "UNI-CLOSE-21"):
+    for ident in (
+        "UNI-LC-17",
+        "UNI-LC-18",
+        "UNI-LC-20",
+        "UNI-CLOSE-19",
+        "UNI-CLOSE-20",
+        "UNI-CLOSE-21",
+    ):
         assert outcomes[ident] == "pass", ident
     assert outcomes["UNI-LIM-7"] == "pass" and outcomes["UNI-CONF-1"] == "pass"
     for ident in ("UNI-DEL-8", "UNI-DEL-19", "UNI-DEL-23", "UNI-DEL-25", "UNI-DEL-26"):
@@ -608,6 +615,25 @@ def test_failed_should_gives_exit_status_0_and_a_non_strict_verdict() -> None:
     assert grades.requirements["UNI-A-2"].outcome == "non-strict"
     assert grades.requirements["UNI-A-5"].outcome == "pass"
     assert exit_status(grades) == 0 and verdict(grades) == "conforming (non-strict)"
+
+
+def test_feature_requirements_are_unimplemented_without_the_announced_feature() -> None:
+    """Section 14.3: grading reads the registry's tags; guards of absent features still bind."""
+    ids = ("UNI-PUB-16", "UNI-PUB-19", "UNI-PUB-20", "UNI-DEL-25", "UNI-DEL-26", "UNI-DEL-27")
+    results = [TestResult("t.py::all", ids, "passed")]
+    registry = load_registry(SPEC_DIR)
+    bare = grade_requirements(registry, results, features=frozenset())
+    outcome = {ident: bare.requirements[ident].outcome for ident in ids}
+    assert outcome == {
+        "UNI-PUB-16": "unimplemented",
+        "UNI-PUB-19": "unimplemented",
+        "UNI-PUB-20": "pass",
+        "UNI-DEL-25": "pass",
+        "UNI-DEL-26": "unimplemented",
+        "UNI-DEL-27": "pass",
+    }
+    full = grade_requirements(registry, results, features=frozenset({"typed_events", "coalescing"}))
+    assert {full.requirements[ident].outcome for ident in ids} == {"pass"}
 
 
 def test_not_run_must_does_not_fail_the_run() -> None:

@@ -188,6 +188,31 @@ def test_server_tries_every_key_configured_for_an_algorithm(ec_key: Any) -> None
         verifier.verify(jwt.encode(_claims(), stranger, algorithm="ES256"), NOW)
 
 
+def test_server_keys_hs256_with_the_utf8_octets_of_the_secret_unchanged() -> None:
+    """UNI-AUTH-27: a base64- or hex-looking secret is still used as text."""
+    secret = "c2VjcmV0LW9mLXRoaXJ0eS10d28tb2N0ZXRzLWxvbmc= "  # base64, with a trailing space
+    verifier = _verifier(hs256_secret=secret)
+    header = {"alg": "HS256", "typ": "JWT"}
+    assert verifier.verify(_raw_token(header, _claims(), secret.encode("utf-8")), NOW)
+    for wrong in (
+        base64.b64decode(secret),
+        secret.strip().encode("utf-8"),
+        hashlib.sha256(secret.encode("utf-8")).digest(),
+    ):
+        with pytest.raises(AuthFailed):
+            verifier.verify(_raw_token(header, _claims(), wrong), NOW)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [{"alg": "HS256"}, {"alg": "HS256", "typ": "at+jwt"}, {"alg": "HS256", "kid": "unknown"}],
+)
+def test_server_accepts_a_verified_token_whatever_its_typ_and_kid(header: dict[str, Any]) -> None:
+    """UNI-AUTH-29: only the signature under a held key of ``alg`` decides."""
+    token = _raw_token(header, _claims(), SECRET.encode("utf-8"))
+    assert _verifier().verify(token, NOW).sub == "alice"
+
+
 def test_server_rejects_expired_token_using_the_injected_clock() -> None:
     token = _hs(_claims())
     verifier = _verifier(leeway_s=30)
@@ -275,8 +300,12 @@ def test_auth_failures_never_quote_the_token() -> None:
 
 
 def test_auth_config_refuses_short_hs256_secret() -> None:
+    """UNI-AUTH-28: 31 octets are refused, 32 (counted in UTF-8) accepted."""
     with pytest.raises(ValueError, match="32 bytes"):
         AuthConfig(hs256_secret="short")
+    with pytest.raises(ValueError, match="32 bytes"):
+        AuthConfig(hs256_secret="x" * 31)
+    AuthConfig(hs256_secret="\u00e9" * 16)  # 16 characters, 32 octets
 
 
 def test_auth_config_refuses_empty_configuration() -> None:

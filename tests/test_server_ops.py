@@ -15,7 +15,7 @@ from server_harness import LIMIT, OTHER_SECRET, asynctest, running_server, token
 
 @asynctest
 async def test_server_reports_healthy_until_it_drains() -> None:
-    """/healthz is 200 while serving and 503 once draining; new handshakes are turned away."""
+    """/healthz is 200 while serving and 503 once draining; new handshakes get 503 (UNI-LC-20)."""
     async with running_server() as h:
         status, body = await h.get("/healthz")
         assert (status, json.loads(body)) == (200, {"status": "ok", "broker": "ok"})

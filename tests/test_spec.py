@@ -142,3 +142,26 @@ def test_generated_blocks_exist() -> None:
     text = "\n".join(p.read_text(encoding="utf-8") for p in SPEC.glob("*.md"))
     for begin, _end in specgen.BLOCKS.values():
         assert begin in text
+
+
+def _listed_ids(text: str) -> set[str]:
+    """IDs named in ``text``, with "UNI-X-1 to UNI-X-3" expanded to the whole range."""
+    found = set(re.findall(r"UNI-[A-Z]+-\d+", text))
+    for area, first, last in re.findall(r"UNI-([A-Z]+)-(\d+) to UNI-\1-(\d+)", text):
+        found |= {f"UNI-{area}-{n}" for n in range(int(first), int(last) + 1)}
+    return found
+
+
+def test_feature_tags_are_exactly_those_section_14_3_lists(
+    registry: list[dict[str, object]],
+) -> None:
+    text = (SPEC / "14-conformance.md").read_text("utf-8")
+    paragraph = text.split("A requirement belongs to a feature when", 1)[1]
+    paragraph = paragraph.split("A requirement that also binds", 1)[0]
+    listed = {
+        ident: feature
+        for ids, feature in re.findall(r"([^()]+?)\(`([a-z_]+)`\)", paragraph)
+        for ident in _listed_ids(ids)
+    }
+    tagged = {str(e["id"]): e["feature"] for e in registry if e.get("feature")}
+    assert tagged == listed

@@ -239,6 +239,62 @@ ALTERATIONS = [
 ]
 
 
+def _hs256(header: Frame, claims: Frame, key: bytes) -> str:
+    """An HS256 JWS over ``header`` and ``claims`` keyed with exactly ``key``."""
+    signing_input = f"{_b64json(header)}.{_b64json(claims)}"
+    mac = hmac.new(key, signing_input.encode("ascii"), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(mac)}"
+
+
+def _other_readings(secret: str) -> dict[str, bytes]:
+    """Key octets a server might wrongly derive from the configured secret string."""
+    raw = secret.encode("utf-8")
+    readings = {"sha256": hashlib.sha256(raw).digest(), "utf-16": secret.encode("utf-16-le")}
+    with contextlib.suppress(ValueError):
+        readings["base64"] = base64.b64decode(secret + "=" * (-len(secret) % 4), validate=True)
+    with contextlib.suppress(ValueError):
+        readings["base64url"] = _unb64(secret)
+    with contextlib.suppress(ValueError):
+        readings["hex"] = bytes.fromhex(secret)
+    if secret.strip() != secret:
+        readings["trimmed"] = secret.strip().encode("utf-8")
+    return {name: key for name, key in readings.items() if key and key != raw}
+
+
+@pytest.mark.requirement("UNI-AUTH-27", "UNI-AUTH-6")
+def test_server_keys_hs256_with_the_utf8_octets_of_the_secret(
+    connect: Connect, deployment: Deployment, names: Names
+) -> None:
+    require_secret(deployment)
+    assert deployment.secret is not None
+    header = {"alg": "HS256", "typ": "JWT"}
+    claims = deployment.claims(names.tenant(), names.user())
+    _accepted(connect, _hs256(header, claims, deployment.secret.encode("utf-8")))
+    for name, key in _other_readings(deployment.secret).items():
+        _assert_rejected(connect, _hs256(header, claims, key), f"key from the secret by {name}")
+
+
+@pytest.mark.requirement("UNI-AUTH-29")
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"alg": "HS256"},
+        {"alg": "HS256", "typ": "JWT"},
+        {"alg": "HS256", "typ": "at+jwt"},
+        {"alg": "HS256", "typ": "JWT", "kid": "unknown-key-id"},
+        {"alg": "HS256", "kid": ""},
+    ],
+    ids=["no-typ", "typ-jwt", "typ-at-jwt", "unknown-kid", "empty-kid"],
+)
+def test_server_accepts_a_verified_token_whatever_its_typ_and_kid(
+    connect: Connect, deployment: Deployment, names: Names, header: Frame
+) -> None:
+    require_secret(deployment)
+    assert deployment.secret is not None
+    claims = deployment.claims(names.tenant(), names.user())
+    _accepted(connect, _hs256(header, claims, deployment.secret.encode("utf-8")))
+
+
 @pytest.mark.requirement("UNI-AUTH-6", "UNI-LC-7", "UNI-SEC-18")
 @pytest.mark.parametrize("kind", ALTERATIONS)
 def test_server_rejects_token_altered_after_signing(

@@ -4,8 +4,9 @@ then close 4300 no earlier than the window.
 The suite cannot make a deployment drain through the protocol; the operator gives a shell
 command that does (``--drain-command``). Draining stops the deployment from serving, so these
 checks carry the ``drain`` marker and the plugin runs them after every other check. One drain
-episode is observed once and graded by several checks. New handshakes during the drain may be
-accepted or refused (HTTP 503): neither is required, so neither is tried.
+episode is observed once and graded by several checks. A new handshake made during the window
+must be refused with HTTP 503 (UNI-LC-20); one that is upgraded and never drained or closed
+reached another server of the deployment, and the check is not applicable.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from unisock_conformance.deployment import NOT_RUN_PREFIX, Deployment, Names
-from unisock_conformance.wire import Conn, ConnGroup, open_conn
+from unisock_conformance.deployment import NOT_RUN_PREFIX, Deployment, Names, not_applicable
+from unisock_conformance.wire import Conn, ConnGroup, HandshakeRefused, open_conn
 
 pytestmark = [pytest.mark.drain]
 
@@ -50,6 +51,8 @@ class Episode:
     window_ms: int | None = None
     close: dict[str, tuple[int, str, float] | None] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    late: Conn | HandshakeRefused | AssertionError | None = None
+    """A connection attempted during the window: refused, upgraded, or upgraded then failed."""
 
     def conns(self) -> dict[str, Conn]:
         return {"subscriber": self.subscriber, "publisher": self.publisher}
@@ -133,6 +136,12 @@ def drained(deployment: Deployment) -> Iterator[Episode]:
         drain = episode.subscriber.expect("drain", timeout=deployment.timeout())
         episode.window_ms = int(drain["window_ms"])
         _during_window(episode, names)
+        try:
+            episode.late = conn(names.user(2))
+        except HandshakeRefused as refused:
+            episode.late = refused
+        except AssertionError as error:  # upgraded, then closed before or after hello
+            episode.late = error
         wait = episode.window_ms / 1000 + deployment.timeout()
         for role, each in episode.conns().items():
             try:
@@ -200,3 +209,25 @@ def test_server_closes_a_draining_connection_4300_no_earlier_than_window_ms(
         assert elapsed >= window / 1000 - tolerance, (
             f"{role} closed {elapsed * 1000:.0f} ms after drain, before window_ms {window}"
         )
+
+
+@pytest.mark.requirement("UNI-LC-20")
+def test_server_refuses_new_handshakes_with_503_once_draining(
+    drained: Episode, deployment: Deployment
+) -> None:
+    late = drained.late
+    if isinstance(late, HandshakeRefused):
+        assert late.status == 503, f"a handshake during the drain was refused with {late}"
+        return
+    assert not isinstance(late, AssertionError), (
+        f"a handshake made during the drain was upgraded, then failed: {late}"
+    )
+    assert late is not None
+    drained_too = bool(_drains(late)) or late.closed.wait(deployment.timeout(1.0))
+    if not drained_too:
+        not_applicable("the handshake reached a server of the deployment that is not draining")
+    pytest.fail(
+        "a handshake made during the drain was upgraded by the draining server "
+        f"(it then received {[f.get('type') for f in late.frames]} and "
+        f"{'was closed' if late.closed.is_set() else 'stayed open'}); expected HTTP 503"
+    )
