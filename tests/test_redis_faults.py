@@ -6,7 +6,8 @@
 - History lost (restart without persistence, restart from a snapshot, FLUSHALL): a new epoch,
   an ``epoch_changed`` gap before its first event and on resume, never an offset reused under
   an old epoch (UNI-DEL-8, UNI-DEL-19).
-- Sessions survive the loss: the nodes register their connections again (UNI-SESS-14).
+- Sessions survive the loss: the nodes register their connections again, and the newer
+  connection of a session keeps it whichever node registers first (UNI-SESS-6, -14).
 """
 
 from __future__ import annotations
@@ -161,33 +162,93 @@ async def test_redis_restarted_from_a_snapshot_still_starts_a_new_epoch() -> Non
         await _history_loss(redis_server, redis_server.restart)
 
 
-@asynctest
-async def test_sessions_still_supersede_across_nodes_after_redis_lost_them() -> None:
-    with private_redis() as redis_server:
-        conf = settings()
-        nodes = []
+@contextlib.asynccontextmanager
+async def two_nodes_beating(
+    redis_server: PrivateRedis, node_ttl_ms: int
+) -> AsyncIterator[tuple[ServerHarness, ServerHarness]]:
+    """Two nodes whose liveness beats every ``node_ttl_ms / 3``: a long one leaves the restore
+    to the test (``renew``), so that the order of events is the test's, not the timers'."""
+    conf = settings()
+    nodes = []
+    try:
         for _ in range(2):
-            broker = RedisBroker(redis_server.url, node_ttl_ms=600)
+            broker = RedisBroker(redis_server.url, node_ttl_ms=node_ttl_ms)
             server = UnisockServer(conf, broker)
             host, port = await server.start("127.0.0.1", 0)
             nodes.append(ServerHarness(server, host, port))
-        a, b = nodes
-        try:
+        yield nodes[0], nodes[1]
+    finally:
+        for node in nodes:
+            for client in node.clients:
+                client.ws.transport.abort()
+            await asyncio.wait_for(node.server.close(), LIMIT)
+
+
+def broker_of(node: ServerHarness) -> RedisBroker:
+    broker = node.server.broker
+    assert isinstance(broker, RedisBroker)
+    return broker
+
+
+async def registered(redis_server: PrivateRedis, node: ServerHarness, sub: str, count: int) -> None:
+    """Until ``count`` connections of ``sub`` are in Redis (a welcome precedes registration)."""
+    key = broker_of(node).keys.user("acme", sub)
+
+    async def attempt() -> bool:
+        with redis_server.client() as client:
+            return int(client.llen(key)) == count
+
+    await eventually(attempt, f"{count} registered connection(s) of {sub}")
+
+
+@asynctest
+async def test_sessions_still_supersede_across_nodes_after_redis_lost_them() -> None:
+    with private_redis() as redis_server:
+        async with two_nodes_beating(redis_server, 600) as (a, b):
             first = await a.connect(token(sub="alice", sid="tab-1"))
+            await registered(redis_server, a, "alice", 1)
             redis_server.restart()  # the session list is gone with everything else
-            broker = a.server.broker
-            assert isinstance(broker, RedisBroker)
-
-            async def restored() -> bool:
-                with redis_server.client() as client:
-                    return bool(client.exists(broker.keys.user("acme", "alice")))
-
-            await eventually(restored, "node a registering its connection again")
-            await b.connect(token(sub="alice", sid="tab-1"))
+            # Node a's own beat registers its connection again.
+            await registered(redis_server, a, "alice", 1)
+            second = await b.connect(token(sub="alice", sid="tab-1"))
             closed = await first.expect_close()
             assert (closed.code, closed.reason) == (4001, "superseded")
-        finally:
-            for node in nodes:
-                for client in node.clients:
-                    client.ws.transport.abort()
-                await asyncio.wait_for(node.server.close(), LIMIT)
+            await alive(second)
+
+
+@asynctest
+async def test_a_restored_connection_yields_to_a_newer_one_of_its_session() -> None:
+    """Redis lost the sessions; a newer connection of the session registered on node b before
+    node a restored its older one: the newer keeps the session, whichever registers first
+    (UNI-SESS-6, UNI-SESS-14). Node b had not beaten since the loss either: its registering
+    is what tells the others it is alive."""
+    with private_redis() as redis_server:
+        async with two_nodes_beating(redis_server, 120_000) as (a, b):
+            first = await a.connect(token(sub="alice", sid="tab-1"))
+            await registered(redis_server, a, "alice", 1)
+            redis_server.restart()
+            second = await b.connect(token(sub="alice", sid="tab-1"))
+            await registered(redis_server, b, "alice", 1)
+            await broker_of(a).renew()  # node a finds its key gone and restores `first`
+            closed = await first.expect_close()
+            assert (closed.code, closed.reason) == (4001, "superseded")
+            await alive(second)
+            await registered(redis_server, b, "alice", 1)  # only `second` counts
+
+
+@asynctest
+async def test_a_registration_after_the_loss_restores_the_nodes_other_connections() -> None:
+    """The first registration on a node after Redis lost its data finds the node's key gone:
+    the node registers its other connections again at once, not at its next beat."""
+    with private_redis() as redis_server:
+        async with two_nodes_beating(redis_server, 120_000) as (a, b):
+            older = await b.connect(token(sub="bob", sid="tab-1"))
+            await registered(redis_server, b, "bob", 1)
+            redis_server.restart()
+            await b.connect(token(sub="carol"))
+            await registered(redis_server, b, "carol", 1)
+            await registered(redis_server, b, "bob", 1)
+            # It counts again across nodes: a newer connection of its session on a replaces it.
+            await a.connect(token(sub="bob", sid="tab-1"))
+            closed = await older.expect_close()
+            assert (closed.code, closed.reason) == (4001, "superseded")

@@ -140,7 +140,10 @@ class RedisBroker:
         self._listeners: tuple[EventListener, ...] = ()
         self._supersede_listeners: tuple[SupersedeListener, ...] = ()
         self._loss_listeners: tuple[LossListener, ...] = ()
-        self._local: dict[str, tuple[str, str, str]] = {}  # connection -> (tenant, sub, sid)
+        # connection -> (tenant, sub, sid, stamp): what restores it should Redis lose it
+        self._local: dict[str, tuple[str, str, str, str]] = {}
+        self._restore_pending = False
+        self._wake = asyncio.Event()
         self._cmd: Redis | None = None
         self._tail: Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -495,21 +498,57 @@ class RedisBroker:
         return previous is not None
 
     async def _liveness(self) -> None:
-        """Keep this node's connections counted (UNI-SESS-14); restore them after an outage."""
+        """Keep this node's connections counted (UNI-SESS-14); restore them after an outage.
+
+        Nothing but closing ends this loop: were it to stop, this node's connections would
+        silently stop counting on every other node once its key expired.
+        """
         while not self._closed:
-            await asyncio.sleep(self._node_ttl / 3000)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._node_ttl / 3000)
+            self._wake.clear()
+            if self._closed:
+                return
             try:
-                if not await self._heartbeat() and self._local:
-                    _log.warning("node registration had lapsed; restoring %d", len(self._local))
-                    for connection_id, (tenant, sub, sid) in list(self._local.items()):
-                        await self._register(tenant, sub, sid, connection_id, 0, restore=True)
-                self._answered()
-            except (RedisError, OSError) as error:
+                await self.renew()
+            except (BrokerUnavailable, RedisError, OSError) as error:
                 self._unreachable(error)
+            except Exception:
+                _log.exception("renewing this node's registrations failed")
+
+    async def renew(self) -> None:
+        """Renew this node's liveness now; when Redis lost it (restarted, flushed, or this node
+        was cut off past its key's expiry), register this node's connections again.
+
+        A restore that fails is tried again on the next beat, whatever the key says by then.
+        """
+        if not await self._heartbeat():
+            self._restore_pending = True
+        if self._restore_pending:
+            if self._local:
+                _log.warning("node registration had lapsed; restoring %d", len(self._local))
+            for connection_id, (tenant, sub, sid, stamp) in list(self._local.items()):
+                if connection_id not in self._local:
+                    continue  # closed meanwhile
+                await self._register(tenant, sub, sid, connection_id, 0, stamp=stamp)
+                if connection_id not in self._local:
+                    # It closed while being restored: take back what the restore wrote.
+                    await self._forget(tenant, sub, connection_id, sid, stamp)
+            self._restore_pending = False
+        self._answered()
 
     async def _register(
-        self, tenant: str, sub: str, sid: str, connection_id: str, cap: int, *, restore: bool
-    ) -> list[str]:
+        self,
+        tenant: str,
+        sub: str,
+        sid: str,
+        connection_id: str,
+        cap: int,
+        *,
+        stamp: str | None,
+    ) -> tuple[bool, str, list[str]]:
+        """One registration (``stamp`` None) or restore; returns whether this node's key had
+        lapsed, the connection's stamp, and the connections it supersedes."""
         reply = await self._call(
             "register",
             [self.keys.user(tenant, sub), self.keys.sequence, self.keys.fanout],
@@ -519,10 +558,12 @@ class RedisBroker:
             cap,
             self.keys.node_prefix,
             _USER_TTL_MS,
-            "1" if restore else "0",
+            "0" if stamp is None else "1",
             self._fanout_max,
+            self._node_ttl,
+            "-1" if stamp is None else stamp,
         )
-        return [str(cid) for cid in reply]
+        return bool(reply[0]), str(reply[1]), [str(cid) for cid in reply[2:]]
 
     async def register_connection(
         self, tenant: str, sub: str, sid: str | None, connection_id: str, max_per_user: int
@@ -531,10 +572,14 @@ class RedisBroker:
         the connections it supersedes (UNI-SESS-6, -11, -13, -14); every node hears of them
         through the fan-out stream and closes those it holds."""
         encoded = "" if sid is None else "=" + sid
-        superseded = await self._register(
-            tenant, sub, encoded, connection_id, max_per_user, restore=False
+        lapsed, stamp, superseded = await self._register(
+            tenant, sub, encoded, connection_id, max_per_user, stamp=None
         )
-        self._local[connection_id] = (tenant, sub, encoded)
+        self._local[connection_id] = (tenant, sub, encoded, stamp)
+        if lapsed:
+            # Redis lost this node's key: its other connections are to be registered again.
+            self._restore_pending = True
+            self._wake.set()
         return superseded
 
     async def unregister_connection(self, tenant: str, sub: str, connection_id: str) -> None:
@@ -542,8 +587,14 @@ class RedisBroker:
         known = self._local.pop(connection_id, None)
         if known is None or self._cmd is None:
             return
-        entry = f"{connection_id}\t{self.node_id}\t{known[2]}"
-        await self._cmd.lrem(self.keys.user(known[0], known[1]), 0, entry)
+        await self._forget(known[0], known[1], connection_id, known[2], known[3])
+
+    async def _forget(
+        self, tenant: str, sub: str, connection_id: str, sid: str, stamp: str
+    ) -> None:
+        assert self._cmd is not None
+        entry = f"{connection_id}\t{self.node_id}\t{stamp}\t{sid}"
+        await self._cmd.lrem(self.keys.user(tenant, sub), 0, entry)
 
     def add_supersede_listener(self, listener: SupersedeListener) -> None:
         """Receive ids of connections to close with 4001, from every node's registrations."""

@@ -12,7 +12,8 @@
 --   P c:C:h        stream of retained events, ID = <ts>-<offset>, field r = the record
 --   P c:C:d:<id>   dedup record "<epoch> <offset> <ts> <expires>"
 --   P s:<scope>    zset of channel ids by last ts (channels with retained history per scope)
---   P u:<t>:<sub>  list of "<connection>\t<node>\t<sid>" in authentication order (UNI-SESS)
+--   P u:<t>:<sub>  list of "<connection>\t<node>\t<stamp>\t<sid>" in authentication order
+--                  (UNI-SESS); stamp = when the connection authenticated, Redis time in us
 --   P node:<id>    liveness of a node; its connections stop counting when it expires
 
 local op = ARGV[1]
@@ -208,35 +209,46 @@ end
 
 if op == 'register' then
   -- KEYS: gen user seq fan
-  -- ARGV: op now cand connection node sid max node_prefix ttl restore fan_max
-  -- sid is '' without one, else '=' .. sid, so that no sid ever equals the empty one
+  -- ARGV: op now cand connection node sid max node_prefix ttl restore fan_max node_ttl stamp
+  -- sid is '' without one, else '=' .. sid, so that no sid ever equals the empty one. stamp is
+  -- when the connection authenticated (Redis time, us): -1 for a new one, which gets now; a
+  -- restore passes the one it got first, so that the newer connection of a session wins.
   local gen = generation()
-  local user, connection, sid = KEYS[2], ARGV[4], ARGV[6]
+  local user, connection, me, sid = KEYS[2], ARGV[4], ARGV[5], ARGV[6]
   local restore = ARGV[10] == '1'
-  local alive = {}
-  local keep, superseded = {}, {}
-  local mine = connection .. '\t' .. ARGV[5] .. '\t' .. sid
+  local stamp = tonumber(ARGV[13])
+  if stamp < 0 then
+    local t = redis.call('TIME')
+    stamp = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  end
+  -- A node that registers is alive, at once: Redis may have lost its key (restarted, flushed)
+  -- and another node must not take this connection for a dead node's. Had the key gone, the
+  -- caller registers its other connections again.
+  local lapsed = redis.call('SET', ARGV[8] .. me, '1', 'PX', ARGV[12], 'GET') == false
+  local alive = {[me] = true}
+  local keep, superseded, lost = {}, {}, false
   for _, entry in ipairs(redis.call('LRANGE', user, 0, -1)) do
-    local cid, node, esid = string.match(entry, '^([^\t]*)\t([^\t]*)\t(.*)$')
-    if alive[node] == nil then
+    local cid, node, estamp, esid = string.match(entry, '^([^\t]*)\t([^\t]*)\t(%d+)\t(.*)$')
+    if cid and alive[node] == nil then
       alive[node] = redis.call('EXISTS', ARGV[8] .. node) == 1
     end
-    if cid == connection or not alive[node] then
+    if not cid or cid == connection or not alive[node] then
       -- the same registration again, or a connection of a node that died: forget it
     elseif sid ~= '' and esid == sid then
-      if restore then
+      if restore and tonumber(estamp) > stamp then
         -- A newer connection took the session while this node was cut off: it keeps it.
-        superseded = {connection}
-        mine = nil
+        lost = true
         table.insert(keep, entry)
       else
-        table.insert(superseded, cid)  -- UNI-SESS-6
+        table.insert(superseded, cid)  -- UNI-SESS-6: the newer connection wins
       end
     else
       table.insert(keep, entry)
     end
   end
-  if mine and not restore then
+  if lost then table.insert(superseded, connection) end
+  local mine = connection .. '\t' .. me .. '\t' .. int(stamp) .. '\t' .. sid
+  if not lost and not restore then
     local overflow = #keep + 1 - math.max(tonumber(ARGV[7]), 1)
     for i = 1, overflow do table.insert(superseded, string.match(keep[i], '^([^\t]*)')) end
     if overflow > 0 then
@@ -245,7 +257,17 @@ if op == 'register' then
       keep = rest  -- UNI-SESS-11: the oldest go, after the session rule (UNI-SESS-13)
     end
   end
-  if mine then table.insert(keep, mine) end
+  if not lost then
+    -- in authentication order: a restored connection goes before the newer ones
+    local at = #keep + 1
+    for i, entry in ipairs(keep) do
+      if tonumber(string.match(entry, '^[^\t]*\t[^\t]*\t(%d+)')) > stamp then
+        at = i
+        break
+      end
+    end
+    table.insert(keep, at, mine)
+  end
   redis.call('DEL', user)
   if #keep > 0 then
     redis.call('RPUSH', user, unpack(keep))
@@ -256,7 +278,9 @@ if op == 'register' then
     redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[11], '*',
       'p', int(q) .. ' ' .. gen, 's', table.concat(superseded, ' '))
   end
-  return superseded
+  local reply = {lapsed and 1 or 0, int(stamp)}
+  for _, cid in ipairs(superseded) do table.insert(reply, cid) end
+  return reply
 end
 
 if op == 'reset' then
