@@ -112,6 +112,20 @@ def test_client_suite_fails_a_broken_client(
     assert result.adapter_broken is None
 
 
+def test_exitfirst_runs_nothing_after_the_first_failed_check() -> None:
+    result = run(
+        variant("reconnect_on_fatal"), ("never_class", "application_close"), exitfirst=True
+    )
+    assert result.exit_status == 1
+    statuses = {node.split("::")[1]: r.status for node, r in result.results.items()}
+    assert statuses["never_class_closes_are_not_followed_by_a_reconnect"] == "failed"
+    assert statuses["application_close_is_not_followed_by_a_reconnect"] == "skipped"
+    skipped = result.results[
+        "client_suite/reconnect.py::application_close_is_not_followed_by_a_reconnect"
+    ]
+    assert "stopped after the first failure" in skipped.message
+
+
 def test_non_strict_grades_do_not_fail_the_run_unless_strict() -> None:
     lenient = run(variant("no_refresh"), ("refreshes_before_expiry",))
     assert outcome(lenient, "UNI-AUTH-24") == "non-strict"

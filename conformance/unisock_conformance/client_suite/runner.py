@@ -229,17 +229,24 @@ async def run_suite(
     strict: bool = False,
     stream: TextIO | None = None,
     verbose: bool = False,
+    exitfirst: bool = False,
 ) -> ClientRun:
-    """Run the selected checks against the adapter ``command`` and grade them."""
+    """Run the selected checks against the adapter ``command`` and grade them.
+
+    With ``exitfirst`` the run stops at the first failed check or part: the checks after it
+    are not run (a quick verdict for tools that only need to know whether anything fails).
+    """
     output = _Output(stream, verbose)
     run = ClientRun(list(command), time.time())
     tol = Tolerances(scale=time_scale)
     specs = select_checks(role, keywords)
     output.line(f"Unisock client conformance: {shlex.join(command)} ({len(specs)} checks)")
     ran = False
+    stopped: str | None = None
     for spec in specs:
-        if run.adapter_broken is not None:
-            reason = f"{NOT_RUN_PREFIX} the adapter is broken: {run.adapter_broken}"
+        if run.adapter_broken is not None or stopped is not None:
+            why = f"the adapter is broken: {run.adapter_broken}" if stopped is None else stopped
+            reason = f"{NOT_RUN_PREFIX} {why}"
             run.results[spec.nodeid] = TestResult(spec.nodeid, spec.requirements, "skipped", reason)
             continue
         for result in await _run_check(spec, command, tol, run, validate=validate, output=output):
@@ -249,6 +256,8 @@ async def run_suite(
             output.line(f"{label:>8}  {result.nodeid} ({result.duration_s:.1f} s)")
             if result.status != "passed":
                 output.line("          " + result.message.replace("\n", "\n          "))
+            if exitfirst and result.status == "failed":
+                stopped = f"stopped after the first failure ({result.nodeid})"
     for result in _derived_results(run, ran):
         run.results[result.nodeid] = result
     registry = load_registry(SPEC_DIR)
@@ -305,6 +314,12 @@ def add_client_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="exit status 1 also when a SHOULD requirement is graded non-strict",
     )
+    parser.add_argument(
+        "-x",
+        "--exitfirst",
+        action="store_true",
+        help="stop at the first failed check; the rest are not run",
+    )
     parser.add_argument("--list", action="store_true", help="list the checks and exit")
     parser.add_argument(
         "adapter",
@@ -351,6 +366,7 @@ def run_client_suite(args: argparse.Namespace) -> int:
             strict=args.strict,
             stream=sys.stdout,
             verbose=args.validate,
+            exitfirst=args.exitfirst,
         )
     )
     _write_reports(args, run, args.role)
