@@ -50,6 +50,20 @@ Expected catches, variant -> check (requirement):
 - repeat_failure_unavailable -> test_server_delivers_data_at_the_nesting_limit_and_refuses_
   deeper_data (UNI-TR-29, UNI-ERR-10)
 - filter_exact_integers -> test_server_compares_filter_numbers_as_binary64 (UNI-SUB-20)
+- position_invalid_at_head, position_past_head_accepted -> test_server_treats_a_from_offset_up_
+  to_the_head_as_valid_and_one_past_it_as_invalid (UNI-DEL-15)
+- replay_ignores_filter, replay_ignores_targeting -> test_server_replays_only_events_the_
+  predicate_delivers (UNI-DEL-11, UNI-DEL-36)
+- since_overrides_from, since_dropped_with_from -> test_server_resumes_from_entries_by_position_
+  and_the_other_channels_by_since (UNI-DEL-15, UNI-DEL-17)
+- since_gap_exclusive -> test_server_gaps_a_since_that_reaches_an_evicted_event_and_never_
+  replays_part (UNI-DEL-17)
+- refresh_keeps_delivery_cutoff, refresh_keeps_first_exp -> test_server_delivers_for_the_whole_
+  lifetime_of_a_refreshed_token (UNI-AUTH-16)
+- refused_publish_free, malformed_publish_free, duplicate_publish_free, rate_limited_charged ->
+  test_server_rate_limits_publishes_beyond_the_burst_and_keeps_the_connection (UNI-PUB-39,
+  UNI-PUB-30, UNI-PUB-31)
+- every_request_charged -> test_server_charges_no_publish_token_for_other_messages (UNI-PUB-39)
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -117,6 +118,125 @@ def gap_not_signalled() -> None:
     _wrap_method(MemoryBroker, "replay", make)
 
 
+def position_invalid_at_head() -> None:
+    """A ``from`` offset equal to the head (nothing to replay) is answered ``position_invalid``."""
+    invalid = _original(memory_broker, "GAP_POSITION_INVALID")
+
+    def make(original: Any) -> Any:
+        async def replay(self: MemoryBroker, key: Any, after: Any) -> Replay:
+            result: Replay = await original(self, key, after)
+            if result.gap is None and after.offset == result.head.offset:
+                return dataclasses.replace(result, events=(), gap=invalid)
+            return result
+
+        return replay
+
+    _wrap_method(MemoryBroker, "replay", make)
+
+
+def position_past_head_accepted() -> None:
+    """A ``from`` offset one past the head is taken for the head: no ``position_invalid``."""
+
+    def make(original: Any) -> Any:
+        async def replay(self: MemoryBroker, key: Any, after: Any) -> Replay:
+            channel = self._channels.get(key)
+            if channel is not None and after.offset == channel.head + 1:
+                after = dataclasses.replace(after, offset=channel.head)
+            result: Replay = await original(self, key, after)
+            return result
+
+        return replay
+
+    _wrap_method(MemoryBroker, "replay", make)
+
+
+def replay_ignores_filter() -> None:
+    """Replay skips the subscription's filter; live delivery still applies it."""
+
+    def make(original: Any) -> Any:
+        def replay_actions(self: SessionCore, pattern: str, key: Any, replay: Any) -> list[Any]:
+            sub = self._subs.get(pattern)
+            saved = sub.filter if sub is not None else None
+            if sub is not None:
+                sub.filter = None
+            try:
+                return list(original(self, pattern, key, replay))
+            finally:
+                if sub is not None:
+                    sub.filter = saved
+
+        return replay_actions
+
+    _wrap_method(SessionCore, "replay_actions", make)
+
+
+def replay_ignores_targeting() -> None:
+    """Replay skips ``to``, ``exclude`` and ``exclude_self``; live delivery still applies them."""
+    event_view = _original(session, "event_view")
+
+    def untargeted(event: Any) -> delivery.PreparedEvent:
+        prepared: delivery.PreparedEvent = event_view(event)
+        view = dataclasses.replace(prepared.event, to=None, exclude=None, exclude_self=False)
+        return dataclasses.replace(prepared, event=view, excluded_connection=None)
+
+    def make(original: Any) -> Any:
+        def replay_actions(self: SessionCore, pattern: str, key: Any, replay: Any) -> list[Any]:
+            session.event_view = untargeted
+            try:
+                return list(original(self, pattern, key, replay))
+            finally:
+                session.event_view = event_view
+
+        return replay_actions
+
+    _wrap_method(SessionCore, "replay_actions", make)
+
+
+def _rewrite_subscribe(change: Callable[[Any], Any]) -> None:
+    """The session decides a subscribe, then its resume instructions are altered on the way."""
+
+    def make(original: Any) -> Any:
+        def subscribe(self: SessionCore, message: Any) -> list[Any]:
+            return [
+                change(a) if isinstance(a, session.StartSubscribe) else a
+                for a in original(self, message)
+            ]
+
+        return subscribe
+
+    _wrap_method(SessionCore, "_subscribe", make)
+
+
+def since_overrides_from() -> None:
+    """A subscribe with ``since`` drops its ``from`` entries: every channel resumes by time."""
+    _rewrite_subscribe(
+        lambda a: dataclasses.replace(a, from_positions=()) if a.since is not None else a
+    )
+
+
+def since_dropped_with_from() -> None:
+    """A subscribe with ``from`` entries drops ``since``: the other channels are not replayed."""
+    _rewrite_subscribe(lambda a: dataclasses.replace(a, since=None) if a.from_positions else a)
+
+
+def since_gap_exclusive() -> None:
+    """A ``since`` equal to the ``ts`` of the last evicted event replays what is left, no gap."""
+    exceeded = _original(memory_broker, "GAP_WINDOW_EXCEEDED")
+
+    def make(original: Any) -> Any:
+        async def replay_since(self: MemoryBroker, key: Any, since_ts: int) -> Replay:
+            result: Replay = await original(self, key, since_ts)
+            channel = self._channels.get(key)
+            if result.gap == exceeded and channel is not None and channel.evicted_ts == since_ts:
+                kept = tuple(e for e in channel.history if e.ts >= since_ts)
+                return dataclasses.replace(result, events=kept, gap=None)
+            return result
+
+        return replay_since
+
+    _wrap_method(MemoryBroker, "replay_since", make)
+
+
 # --- publishing --------------------------------------------------------------------------------
 
 
@@ -193,6 +313,90 @@ def rate_limit_ignored() -> None:
     _replace(TokenBucket, "try_take", try_take)
 
 
+def _refund(core: SessionCore) -> None:
+    bucket = core._bucket
+    bucket._tokens = min(float(bucket.burst), bucket._tokens + 1.0)
+
+
+def refused_publish_free() -> None:
+    """A publish refused by the session (``forbidden``, too many targets) gives its token back."""
+
+    def make(original: Any) -> Any:
+        def publish(self: SessionCore, message: Any, now: int) -> list[Any]:
+            try:
+                return list(original(self, message, now))
+            except errors.RateLimited:
+                raise
+            except errors.ReplyError:
+                _refund(self)
+                raise
+
+        return publish
+
+    _wrap_method(SessionCore, "_publish", make)
+
+
+def malformed_publish_free() -> None:
+    """A publish the parser refuses (``invalid_channel``, ``invalid_message``) costs nothing."""
+
+    def make(original: Any) -> Any:
+        def receive_text(self: SessionCore, text: str) -> list[Any]:
+            actions = list(original(self, text))
+            if self.identity is not None and '"publish"' in text and len(actions) == 1:
+                action = actions[0]
+                if isinstance(action, Send):
+                    reply = json.loads(action.frame)
+                    if reply.get("code") in ("invalid_channel", "invalid_message"):
+                        _refund(self)
+            return actions
+
+        return receive_text
+
+    _wrap_method(SessionCore, "receive_text", make)
+
+
+def duplicate_publish_free() -> None:
+    """A duplicate publish is acknowledged and its token given back."""
+
+    def make(original: Any) -> Any:
+        def publish_result(self: SessionCore, request_id: str, result: Any) -> list[Any]:
+            if result.duplicate:
+                _refund(self)
+            return list(original(self, request_id, result))
+
+        return publish_result
+
+    _wrap_method(SessionCore, "publish_result", make)
+
+
+def rate_limited_charged() -> None:
+    """A publish refused for the rate still takes a token: the bucket goes into debt."""
+    try_take = _original(TokenBucket, "try_take")
+
+    def patched(self: TokenBucket, now_ms: int) -> int | None:
+        retry: int | None = try_take(self, now_ms)
+        if retry is not None:
+            self._tokens -= 1.0
+            return max(1, math.ceil((1.0 - self._tokens) * 1000.0 / self.per_second))
+        return None
+
+    _replace(TokenBucket, "try_take", patched)
+
+
+def every_request_charged() -> None:
+    """Pings, subscribes and unsubscribes take a publish token too."""
+
+    def make(original: Any) -> Any:
+        def dispatch(self: SessionCore, message: Any, now: int) -> list[Any]:
+            if not isinstance(message, messages.Publish):
+                self._bucket.try_take(now)
+            return list(original(self, message, now))
+
+        return dispatch
+
+    _wrap_method(SessionCore, "_dispatch", make)
+
+
 # --- delivery ----------------------------------------------------------------------------------
 
 
@@ -210,6 +414,43 @@ def delivery_after_expiry() -> None:
     _original(auth.Identity, "expires_at_ms")
     late = property(lambda self: self.expires_at * 1000 + 1500)
     _replace(auth.Identity, "expires_at_ms", late)
+
+
+def refresh_keeps_delivery_cutoff() -> None:
+    """A refresh puts the new token in force for requests and the close timer, but live
+    delivery still stops at the ``exp`` of the token the connection said ``hello`` with."""
+    refresh_views = _original(SessionCore, "_refresh_views")
+    first_exp: dict[str, int] = {}
+
+    def patched(self: SessionCore) -> None:
+        refresh_views(self)
+        if self.identity is None:
+            return
+        cutoff = first_exp.setdefault(self.connection_id, self.identity.expires_at_ms)
+        self._deliver_until = min(self._deliver_until, cutoff)
+        for name in ("_active_view", "_pending_view"):
+            view = getattr(self, name)
+            if view is not None:
+                setattr(self, name, dataclasses.replace(view, expires_at_ms=cutoff))
+
+    _replace(SessionCore, "_refresh_views", patched)
+
+
+def refresh_keeps_first_exp() -> None:
+    """``refreshed`` announces the new ``exp`` but the connection keeps the first token's."""
+
+    def make(original: Any) -> Any:
+        def refresh(self: SessionCore, message: Any, now: int) -> list[Any]:
+            old = self.identity
+            actions = list(original(self, message, now))
+            if old is not None and self.identity is not old and self.identity is not None:
+                self.identity = dataclasses.replace(self.identity, expires_at=old.expires_at)
+                self._refresh_views()
+            return actions
+
+        return refresh
+
+    _wrap_method(SessionCore, "_refresh", make)
 
 
 def delivery_after_unsubscribe() -> None:
@@ -425,14 +666,28 @@ VARIANTS: dict[str, Variant] = {
         ),
         _v(resume_drops_first, "replays_the_whole_range", "UNI-DEL-15"),
         _v(gap_not_signalled, "window_exceeded_when_history", "UNI-DEL-15", "UNI-DEL-16"),
+        _v(position_invalid_at_head, "up_to_the_head_as_valid", "UNI-DEL-15"),
+        _v(position_past_head_accepted, "up_to_the_head_as_valid", "UNI-DEL-15"),
+        _v(replay_ignores_filter, "replays_only_events_the_predicate", "UNI-DEL-11", "UNI-DEL-36"),
+        _v(replay_ignores_targeting, "replays_only_events_the_predicate", "UNI-DEL-11"),
+        _v(since_overrides_from, "resumes_from_entries_by_position", "UNI-DEL-15"),
+        _v(since_dropped_with_from, "resumes_from_entries_by_position", "UNI-DEL-17"),
+        _v(since_gap_exclusive, "since_that_reaches_an_evicted", "UNI-DEL-17"),
         _v(dedup_ignored, "duplicate_with_the_original_position", "UNI-PUB-21"),
         _v(offsets_skip, "contiguous_offsets", "UNI-PUB-28", "UNI-DEL-7"),
         _v(to_ignored, "targeted_event_only_to_listed_users", "UNI-PUB-10"),
         _v(exclude_ignored, "never_delivers_to_excluded_users", "UNI-PUB-11"),
         _v(exclude_self_ignored, "exclude_self_to_the_publishing", "UNI-PUB-12"),
         _v(rate_limit_ignored, "rate_limits_publish", "UNI-PUB-30"),
+        _v(refused_publish_free, "beyond_the_burst_and_keeps", "UNI-PUB-39", "UNI-PUB-30"),
+        _v(malformed_publish_free, "beyond_the_burst_and_keeps", "UNI-PUB-39", "UNI-PUB-30"),
+        _v(duplicate_publish_free, "beyond_the_burst_and_keeps", "UNI-PUB-39", "UNI-PUB-30"),
+        _v(rate_limited_charged, "beyond_the_burst_and_keeps", "UNI-PUB-30", "UNI-PUB-31"),
+        _v(every_request_charged, "no_publish_token_for_other", "UNI-PUB-39", "UNI-PUB-31"),
         _v(filter_ignored, "attributes_pass_the_filter", "UNI-DEL-11", "UNI-SUB-20"),
         _v(delivery_after_expiry, "sequenced_after_the_token_expired", "UNI-DEL-12"),
+        _v(refresh_keeps_delivery_cutoff, "whole_lifetime_of_a_refreshed", "UNI-AUTH-16"),
+        _v(refresh_keeps_first_exp, "whole_lifetime_of_a_refreshed", "UNI-AUTH-16"),
         _v(
             delivery_after_unsubscribe,
             "delivers_nothing_for_a_subscription_after_unsubscribed",

@@ -567,6 +567,55 @@ def test_server_puts_same_identity_refresh_in_force(
     assert reply["expires_at"] == _claims(token)["exp"], reply
 
 
+@pytest.mark.requirement("UNI-AUTH-16", "UNI-DEL-18", "UNI-DEL-12", "UNI-AUTH-25")
+@pytest.mark.timing
+@pytest.mark.parametrize("filtered", [False, True], ids=["plain", "filtered"])
+def test_server_delivers_for_the_whole_lifetime_of_a_refreshed_token(
+    user: User, deployment: Deployment, names: Names, filtered: bool
+) -> None:
+    """After an in-band refresh, events keep flowing past the old ``exp`` up to the new one,
+    where the connection closes 4101 (and not before)."""
+    tenant, sub, channel = names.tenant(), names.user(1), names.channel()
+    ttl = _short_ttl(deployment)
+    bob = user(tenant, sub, ttl_s=ttl)
+    assert bob.welcome is not None
+    old_exp = int(bob.welcome["session"]["expires_at"])
+    bob.subscribe(channel, filter={"eq": ["k", "yes"]} if filtered else None)
+    reply = _refresh(bob, deployment.mint(tenant, sub, subscribe=(">",), ttl_s=ttl + 3))
+    assert reply["type"] == "refreshed", reply
+    new_exp = int(reply["expires_at"])
+    assert new_exp >= old_exp + 2, (old_exp, reply)
+    witness = user(tenant, names.user(2))
+    witness.subscribe(channel)
+    alice = user(tenant, names.user(0))
+    stop = time.monotonic() + max(0.0, new_exp - time.time()) + _late(deployment, 1.0)
+    published = 0
+    while not bob.closed.is_set() and time.monotonic() < stop and published < 600:
+        alice.publish(channel, attrs={"k": "yes"}, data={"n": published})
+        published += 1
+        bob.closed.wait(0.05)  # paces the publisher below any rate limit
+    code, reason = bob.expect_close(timeout=_late(deployment, 1.0) + 1.0)
+    closed_at = time.time()
+    assert code == 4101, f"closed with {code} {reason!r}, expected 4101 at the new exp"
+    assert closed_at >= new_exp - deployment.timeout(0.1), (
+        f"closed {new_exp - closed_at:.3f} s before the refreshed token's exp {new_exp} "
+        f"(the first token expired at {old_exp})"
+    )
+    seen = {e["offset"]: e["ts"] for e in witness.events(channel)}
+    got = {e["offset"] for e in bob.events(channel)}
+    # Events sequenced well before the new exp are due; the last moments may be cut by it.
+    due_until_ms = new_exp * 1000 - int(deployment.timeout(0.5) * 1000)
+    due = sorted(o for o, ts in seen.items() if old_exp * 1000 <= ts < due_until_ms)
+    assert due, "no event was sequenced between the two expiry times"
+    missed = [o for o in due if o not in got]
+    assert not missed, (
+        f"events sequenced after the first token's exp {old_exp} and before the refreshed "
+        f"exp {new_exp} were not delivered: offsets {missed[:10]}"
+    )
+    late = [o for o in got if seen.get(o, 0) >= new_exp * 1000]
+    assert not late, f"events sequenced at or after the refreshed exp were written: {late}"
+
+
 def _mismatches(deployment: Deployment, names: Names) -> dict[str, str]:
     tenant, sub = names.tenant(), names.user()
     wide = (">", "$sys.>")

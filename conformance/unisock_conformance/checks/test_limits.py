@@ -450,3 +450,48 @@ def test_server_keeps_a_stalled_consumer_while_its_queue_is_within_max_queue(
     finally:
         keepalive.close()
         raw.close()
+
+
+@pytest.mark.requirement("UNI-LIM-6")
+def test_server_keeps_a_stalled_consumer_with_max_queue_messages_outstanding(
+    user: User, deployment: Deployment, names: Names
+) -> None:
+    """Large events up to ``max_queue`` messages in all (pings included) while the reader is
+    stalled: whatever part of them the transport took, the queue never held more than
+    ``max_queue``, so the connection stays open and loses nothing."""
+    tenant, channel = names.tenant(), names.channel()
+    raw, keepalive, welcome = _stalled_subscriber(deployment, tenant, names.user(0), channel)
+    try:
+        limits = welcome["limits"]
+        queue = int(limits["max_queue"])
+        interval_s = welcome["heartbeat"]["interval_ms"] / 1000
+        size = max(16, min(int(limits["max_message_bytes"]), 65536) - 512)
+        started = time.monotonic()
+        # Room for the pings the server may send while the events are published and read.
+        pings = math.ceil(deployment.timeout(2.0) / interval_s) + 2
+        count = queue - pings
+        if count < 8 or count > 5000:
+            pytest.skip(f"{NOT_RUN_PREFIX} max_queue {queue} with pings every {interval_s} s")
+        Flood(user, names, tenant).publish(channel, count, size)
+        stalled_for = time.monotonic() - started
+        messages: list[Frame] = []
+        code: int | None = None
+        deadline = time.monotonic() + deployment.timeout(5.0)
+        events: list[Frame] = []
+        while len(events) < count and code is None and time.monotonic() < deadline:
+            batch, code = raw.read(0.2)
+            messages += batch
+            events = [m for m in messages if m.get("type") == "event"]
+        if code is not None and len(messages) > queue:
+            pytest.skip(
+                f"{NOT_RUN_PREFIX} {len(messages)} messages were outstanding (more than "
+                f"max_queue {queue}) after a {stalled_for:.1f} s stall: the check cannot tell"
+            )
+        assert code is None, (
+            f"UNI-LIM-6: closed with {code} while at most {len(messages)} messages were "
+            f"outstanding (max_queue {queue}); {len(events)} of {count} events arrived"
+        )
+        assert [e["offset"] for e in events] == list(range(1, count + 1))
+    finally:
+        keepalive.close()
+        raw.close()

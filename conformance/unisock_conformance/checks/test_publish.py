@@ -8,6 +8,7 @@ has too (section 7.4), so "was not delivered" is decided without sleeping.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from typing import Any
@@ -585,25 +586,58 @@ def test_server_acks_only_events_that_are_already_replayable(user: User, names: 
         bob.close()
 
 
-@pytest.mark.requirement("UNI-PUB-30", "UNI-PUB-31", "UNI-PUB-27")
+# What each kind of flooding publish is answered with when the bucket still holds a token.
+_FLOOD_REPLIES = {
+    "accepted": "ack",
+    "forbidden": "forbidden",
+    "invalid-channel": "invalid_channel",
+    "too-many-targets": "invalid_message",
+    "duplicate": "ack",
+}
+
+
+def _flood_message(alice: Conn, kind: str, base: str, index: int, limits: Frame) -> Frame:
+    ident = f"p{index}"
+    if kind == "forbidden":
+        return alice.publish_message(f"{base}x.y", id=ident)  # outside the grant {base}.>
+    if kind == "invalid-channel":
+        return alice.publish_message(f"{base}..y", id=ident)
+    if kind == "too-many-targets":
+        targets = [f"u{i}" for i in range(int(limits["max_targets"]) + 1)]
+        return alice.publish_message(f"{base}.x", to=targets, id=ident)
+    if kind == "duplicate":
+        return alice.publish_message(f"{base}.x", message_id=f"{base}-dup", id=ident)
+    return alice.publish_message(f"{base}.x", id=ident)
+
+
+@pytest.mark.requirement("UNI-PUB-30", "UNI-PUB-31", "UNI-PUB-39", "UNI-PUB-24", "UNI-PUB-27")
+@pytest.mark.parametrize("kind", list(_FLOOD_REPLIES))
 def test_server_rate_limits_publishes_beyond_the_burst_and_keeps_the_connection(
-    user: User, names: Names, server_info: ServerInfo
+    user: User, names: Names, server_info: ServerInfo, kind: str
 ) -> None:
+    """Every publish frame costs a token at step 1 whatever its outcome (refused, invalid,
+    duplicate), so a flood of any kind is limited once it outruns burst plus refill; a
+    ``rate_limited`` publish costs nothing, so the bucket holds a token again after at most
+    ``1000 / per_second`` ms."""
     rate = server_info.limits.get("publish_rate", {})
     burst, per_second = int(rate.get("burst", 100)), float(rate.get("per_second", 50))
     if burst + per_second > 1000:
         not_run(f"a burst of {burst} at {per_second}/s is too large to exhaust quickly")
+    base = names.channel()
+    tenant = names.tenant()
+    if kind == "duplicate":
+        first = user(tenant, names.user(1)).publish(f"{base}.x", message_id=f"{base}-dup")
     started = time.monotonic()  # before the hello: the server's bucket fills no earlier
-    alice = user(names.tenant(), names.user())
+    alice = user(tenant, names.user(), publish=(f"{base}.>",))
+    assert alice.welcome is not None
     alice.pace = False  # the flood must outrun the bucket
-    channel = names.channel()
     messages: list[Frame] = []
     replies: list[Frame] = []
     # Publish in rounds until one is refused, or until more were sent than the bucket could
     # have supplied by the time the last reply came back (however slow this run is).
     while not any(r.get("code") == "rate_limited" for r in replies):
         batch = [
-            alice.publish_message(channel, id=f"p{len(messages) + i}")
+            _flood_message(alice, kind, base, len(messages) + i, alice.welcome["limits"])
             for i in range(burst + int(per_second) + 10 if not messages else int(per_second) + 10)
         ]
         for message in batch:
@@ -613,18 +647,67 @@ def test_server_rate_limits_publishes_beyond_the_burst_and_keeps_the_connection(
         supply = burst + per_second * (time.monotonic() - started)
         if len(messages) > supply + 1 or len(messages) > burst + 5000:
             break
-    acked = [r for r in replies if r["type"] == "ack"]
+    supply = burst + per_second * (time.monotonic() - started)
     limited = [r for r in replies if r.get("code") == "rate_limited"]
-    assert len(acked) >= burst, f"UNI-PUB-31: only {len(acked)} of a burst of {burst} acked"
+    processed = [r for r in replies if r.get("code") != "rate_limited"]
+    assert len(processed) >= burst, f"UNI-PUB-31: only {len(processed)} of a burst of {burst}"
     if not limited and len(messages) <= supply + 1:
         not_run(f"this run sent publishes too slowly to outrun a refill of {per_second}/s")
     assert limited, (
-        f"UNI-PUB-30: {len(messages)} publishes, more than a burst of {burst} plus the refill "
-        f"at {per_second}/s, and none was rate limited"
+        f"UNI-PUB-30: {len(messages)} {kind} publishes, more than a burst of {burst} plus the "
+        f"refill at {per_second}/s, and none was rate limited: UNI-PUB-39 charges every "
+        f"publish at step 1"
     )
+    assert len(processed) <= supply + 1, (
+        f"UNI-PUB-39: {len(processed)} {kind} publishes were processed, more than the "
+        f"{supply:.1f} tokens a bucket of {burst} at {per_second}/s could supply"
+    )
+    want = _FLOOD_REPLIES[kind]
+    assert {r["type"] if r["type"] != "error" else r["code"] for r in processed} == {want}
+    most = math.ceil(1000 / per_second)
     assert all(
-        isinstance(r.get("retry_after_ms"), int) and r["retry_after_ms"] >= 1 for r in limited
-    ), limited
-    assert len(acked) + len(limited) == len(messages), replies
-    assert sorted(a["offset"] for a in acked) == list(range(1, len(acked) + 1))
+        isinstance(r.get("retry_after_ms"), int) and 1 <= r["retry_after_ms"] <= most
+        for r in limited
+    ), f"retry_after_ms outside 1..{most}: {[r.get('retry_after_ms') for r in limited][:10]}"
+    assert len(processed) + len(limited) == len(messages), replies
+    if kind == "accepted":
+        assert sorted(a["offset"] for a in processed) == list(range(1, len(processed) + 1))
+    if kind == "duplicate":
+        assert all(r["duplicate"] is True and r["offset"] == first["offset"] for r in processed)
+    # A refused publish took no token: one refill interval later the bucket holds one again.
+    alice.closed.wait(most / 1000 + 0.005)
+    again = alice.request(alice.publish_message(f"{base}.x", id="after-refill"))
+    assert again["type"] == "ack", (
+        f"UNI-PUB-31: {again} {most} ms after the last rate_limited reply: refused "
+        f"publishes must not put the bucket in debt"
+    )
     assert alice.request({"type": "ping", "id": "still-open"})["type"] == "pong"
+
+
+@pytest.mark.requirement("UNI-PUB-39", "UNI-PUB-31")
+def test_server_charges_no_publish_token_for_other_messages(
+    user: User, names: Names, server_info: ServerInfo
+) -> None:
+    """Pings, subscribes and unsubscribes never drain the publish bucket: a burst of publishes
+    right after many of them is processed in full."""
+    rate = server_info.limits.get("publish_rate", {})
+    burst, per_second = int(rate.get("burst", 100)), float(rate.get("per_second", 50))
+    if burst + per_second > 1000:
+        not_run(f"a burst of {burst} at {per_second}/s is too large to check quickly")
+    channel = names.channel()
+    alice = user(names.tenant(), names.user())
+    alice.pace = False
+    others: list[Frame] = []
+    for i in range(burst + int(2 * per_second)):
+        others.append({"type": "ping", "id": f"ping{i}"})
+        if i % 8 == 0:
+            others.append({"type": "subscribe", "id": f"s{i}", "channel": f"{channel}.s{i}"})
+            others.append({"type": "unsubscribe", "id": f"u{i}", "channel": f"{channel}.s{i}"})
+    publishes = [alice.publish_message(channel, id=f"p{i}") for i in range(burst)]
+    for message in [*others, *publishes]:
+        alice.send(message)
+    replies = [_reply_to(alice, str(m["id"])) for m in publishes]
+    kinds = [r["type"] if r["type"] != "error" else r["code"] for r in replies]
+    assert kinds == ["ack"] * burst, (
+        f"a burst of {burst} publishes after {len(others)} other messages: {kinds}"
+    )

@@ -226,3 +226,170 @@ def test_server_replays_with_the_resuming_subscriptions_own_filter(
         f"replay under the filter priority == 2 gave {got}; events with priority 1 at odd "
         f"offsets match only the other subscription, which was not resuming"
     )
+
+
+# -- edges of the table in 7.5 ----------------------------------------------------------------
+
+
+@pytest.mark.requirement("UNI-DEL-15", "UNI-DEL-16")
+@pytest.mark.parametrize("step", [-1, 0, 1], ids=["head-minus-1", "head", "head-plus-1"])
+def test_server_treats_a_from_offset_up_to_the_head_as_valid_and_one_past_it_as_invalid(
+    user: User, names: Names, step: int
+) -> None:
+    tenant, base = names.tenant(), names.channel()
+    channel = f"{base}.x"
+    alice = user(tenant, names.user(0))
+    acks = [alice.publish(channel) for _ in range(3)]
+    head = acks[-1]["offset"]
+    bob = user(tenant, names.user(1))
+    bob.subscribe(f"{base}.*", from_={channel: _position(acks[-1], head + step)})
+    live = alice.publish(channel)
+    frames = _channel_frames(bob, channel, live["offset"])
+    got = [(f["type"], f["offset"], f.get("reason")) for f in frames]
+    if step > 0:
+        want = [("gap", head, "position_invalid"), ("event", live["offset"], None)]
+        assert got == want, f"offset {head + step} is past the head {head}: {got}"
+        assert frames[0]["epoch"] == acks[-1]["epoch"], frames[0]
+    else:
+        want = [("event", n, None) for n in range(head + step + 1, live["offset"] + 1)]
+        assert got == want, f"offset {head + step} with the head at {head}: {got}"
+
+
+# -- replay applies the delivery predicate ----------------------------------------------------
+
+
+def _targeted_history(user: User, names: Names, tenant: str, channel: str) -> list[int]:
+    """Publish events that the filter ``{"eq": ["k", "yes"]}`` and targeting sort for
+    ``names.user(1)``; returns the offsets that user may receive (UNI-DEL-11)."""
+    bob, carol = names.user(1), names.user(2)
+    alice = user(tenant, names.user(0))
+    bob_publisher = user(tenant, bob)
+    yes, no = {"k": "yes"}, {"k": "no"}
+    wanted: list[int] = []
+
+    def publish(conn: Conn, delivered: bool, **extra: Any) -> None:
+        ack = conn.publish(channel, **extra)
+        if delivered:
+            wanted.append(ack["offset"])
+
+    publish(alice, True, attrs=yes)
+    publish(alice, False, attrs=no)
+    publish(alice, False)  # no attrs: the filter's key is absent
+    publish(alice, True, attrs=yes, to=[bob])
+    publish(alice, False, attrs=yes, to=[carol])
+    publish(alice, False, attrs=yes, exclude=[bob])
+    publish(alice, True, attrs=yes, exclude=[carol])
+    publish(alice, False, attrs=no, to=[bob])
+    # exclude_self names the publishing connection, not its user: another connection of
+    # the same user receives the event, by replay as live.
+    publish(bob_publisher, True, attrs=yes, exclude_self=True)
+    return wanted
+
+
+@pytest.mark.requirement("UNI-DEL-11", "UNI-DEL-36", "UNI-DEL-15", "UNI-DEL-17", "UNI-SUB-20")
+@pytest.mark.parametrize("resume", ["from", "since"])
+@pytest.mark.parametrize("wildcard", [False, True], ids=["exact", "wildcard"])
+def test_server_replays_only_events_the_predicate_delivers(
+    user: User, names: Names, resume: str, wildcard: bool
+) -> None:
+    tenant, base = names.tenant(), names.channel()
+    channel = f"{base}.x"
+    witness = user(tenant, names.user(3))
+    witness.subscribe(channel)
+    wanted = _targeted_history(user, names, tenant, channel)
+    first = witness.wait_events(lambda e: e["channel"] == channel and e["offset"] == 1)[0]
+    bob = user(tenant, names.user(1))
+    bob.subscribe(
+        f"{base}.*" if wildcard else channel,
+        filter={"eq": ["k", "yes"]},
+        from_={channel: {"epoch": first["epoch"], "offset": 0}} if resume == "from" else None,
+        since=first["ts"] if resume == "since" else None,
+    )
+    live = user(tenant, names.user(4)).publish(channel, attrs={"k": "yes"})
+    frames = _channel_frames(bob, channel, live["offset"])
+    got = [(f["type"], f["offset"]) for f in frames]
+    want = [("event", n) for n in [*wanted, live["offset"]]]
+    assert got == want, f"replay by {resume} must apply filter and targeting: {got}, want {want}"
+
+
+# -- from and since in one subscribe ----------------------------------------------------------
+
+
+@pytest.mark.requirement("UNI-DEL-15", "UNI-DEL-17", "UNI-SUB-10")
+@pytest.mark.parametrize("wildcard", [False, True], ids=["exact", "wildcard"])
+def test_server_resumes_from_entries_by_position_and_the_other_channels_by_since(
+    user: User, names: Names, wildcard: bool
+) -> None:
+    tenant, base = names.tenant(), names.channel()
+    a, b = f"{base}.a", f"{base}.b"
+    alice, witness = user(tenant, names.user(0)), user(tenant, names.user(1))
+    witness.subscribe(f"{base}.>")
+    order = [a, a, b, a, b, a, b]
+    for i, channel in enumerate(order):
+        alice.publish(channel, data={"i": i})
+    seen = witness.wait_events(lambda e: e["channel"] in (a, b), len(order))
+    on_a = [e for e in seen if e["channel"] == a]
+    on_b = [e for e in seen if e["channel"] == b]
+    since = on_b[0]["ts"]  # earlier than the third event of a, which the position passes
+    bob = user(tenant, names.user(2))
+    bob.subscribe(
+        f"{base}.*" if wildcard else a,
+        from_={a: {"epoch": on_a[2]["epoch"], "offset": on_a[2]["offset"]}},
+        since=since,
+    )
+    fence_a = alice.publish(a)
+    got_a = [(f["type"], f["offset"]) for f in _channel_frames(bob, a, fence_a["offset"])]
+    assert got_a == [("event", on_a[3]["offset"]), ("event", fence_a["offset"])], (
+        f"{a} has a from entry: its replay starts after that position, whatever since says; "
+        f"got {got_a}"
+    )
+    if wildcard:
+        fence_b = alice.publish(b)
+        got_b = [(f["type"], f["offset"]) for f in _channel_frames(bob, b, fence_b["offset"])]
+        want_b = [("event", e["offset"]) for e in on_b if e["ts"] >= since]
+        assert got_b == [*want_b, ("event", fence_b["offset"])], (
+            f"{b} has no from entry: since {since} replays it; got {got_b}"
+        )
+
+
+# -- the boundary of a since gap ----------------------------------------------------------------
+
+
+@pytest.mark.requirement("UNI-DEL-17", "UNI-DEL-22", "UNI-DEL-23")
+@pytest.mark.parametrize("edge", ["evicted", "retained"])
+def test_server_gaps_a_since_that_reaches_an_evicted_event_and_never_replays_part(
+    user: User, names: Names, server_info: ServerInfo, edge: str
+) -> None:
+    """``since`` equal to the ``ts`` of an event the history may have dropped: the server
+    replays every event with ``ts >= since`` or sends a gap, never the retained part only;
+    ``since`` after every such event: the guaranteed history is replayed (or gapped)."""
+    max_count = int(server_info.history.get("max_count", 0))
+    if not 0 < max_count <= 300:
+        not_run(f"history.max_count {max_count} is too large to exceed quickly (at most 300)")
+    burst = int(server_info.limits.get("publish_rate", {}).get("burst", 100))
+    tenant, base = names.tenant(), names.channel()
+    channel = f"{base}.x"
+    witness = user(tenant, names.user(1))
+    witness.subscribe(channel)
+    acks = _publish_many(user, tenant, channel, max_count + 3, burst)
+    seen = witness.wait_events(lambda e: e["channel"] == channel, len(acks))
+    # The first three offsets are past the guarantee; the rest are within it.
+    dropped, kept = seen[2], seen[3]
+    if edge == "retained" and kept["ts"] == dropped["ts"]:
+        not_run("the last droppable and the first guaranteed event share a millisecond")
+    since = dropped["ts"] if edge == "evicted" else dropped["ts"] + 1
+    bob = user(tenant, names.user(2))
+    bob.subscribe(f"{base}.*", since=since)
+    live = user(tenant, names.user(3)).publish(channel)
+    frames = _channel_frames(bob, channel, live["offset"])
+    if frames[0]["type"] == "gap":
+        assert frames[0]["reason"] == "window_exceeded", frames[0]
+        assert frames[0]["offset"] == acks[-1]["offset"], frames[0]
+        assert [f["offset"] for f in frames[1:]] == [live["offset"]], frames[:3]
+        return
+    got = [f["offset"] for f in frames if f["type"] == "event"]
+    want = [e["offset"] for e in seen if e["ts"] >= since] + [live["offset"]]
+    assert got == want, (
+        f"UNI-DEL-17: since {since} replayed offsets {got[:3]}..{got[-2:]} without a gap; "
+        f"every event with ts >= since is {want[:3]}..{want[-2:]}"
+    )
