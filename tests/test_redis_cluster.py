@@ -200,3 +200,24 @@ def test_serve_with_broker_options_runs_a_node_on_redis_under_the_prefix(
             assert len(list(client.scan_iter(match=f"{prefix}node:*"))) == 1
     finally:
         node.stop()
+
+
+def test_serve_with_a_config_file_naming_redis_runs_a_node_on_redis(
+    shared: tuple[str, str], tmp_path: Path
+) -> None:
+    """The same node from the config file's ``broker`` and ``broker_key_prefix`` keys."""
+    url, prefix = shared
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f"[server]\nbroker = {json.dumps(url)}\nbroker_key_prefix = {json.dumps(prefix)}\n",
+        encoding="utf-8",
+    )
+    node = NodeProcess("--config", str(config), secret=SECRET, log=tmp_path / "node.log")
+    try:
+        host, port = node.url.removeprefix("ws://").rstrip("/").rsplit(":", 1)
+        status, body = asyncio.run(http_get(host, int(port), "/healthz"))
+        assert (status, json.loads(body)) == (200, {"status": "ok", "broker": "ok"})
+        with redis.Redis.from_url(url) as client:
+            assert len(list(client.scan_iter(match=f"{prefix}node:*"))) == 1
+    finally:
+        node.stop()
