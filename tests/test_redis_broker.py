@@ -153,3 +153,58 @@ def test_redis_broker_serves_far_more_concurrent_operations_than_it_has_connecti
             await broker.close()
 
     run(main())
+
+
+def test_a_publish_that_waited_for_a_connection_is_not_refused_as_late(
+    redis_url: str, prefixes: list[str]
+) -> None:
+    """The publish deadline starts once the publish has a connection: a burst that queues it
+    for longer than its deadline margin delays it, never refuses it (Redis answered)."""
+    prefix = fresh_prefix("queued")
+    prefixes.append(prefix)
+
+    async def main() -> None:
+        # A 400 ms command timeout: Redis refuses a publish 200 ms after its deadline starts.
+        broker = RedisBroker(redis_url, prefix=prefix, timeout_ms=400)
+        await broker.start()
+        slots = broker._slots
+        held = 0
+        try:
+            while not slots.locked():  # every script slot busy, as in a burst
+                await slots.acquire()
+                held += 1
+            queued = asyncio.ensure_future(broker.publish(make_record(TASKS, "m-queued")))
+            await asyncio.sleep(0.5)  # queued for longer than the 200 ms margin
+            assert not queued.done()
+            for _ in range(held):
+                slots.release()
+            held = 0
+            result = await queued
+            assert (result.duplicate, result.event.offset) == (False, 1)
+        finally:
+            for _ in range(held):
+                slots.release()
+            await broker.close()
+
+    run(main())
+
+
+def test_the_clock_offset_to_redis_is_measured_within_its_error_bound(
+    redis_url: str, prefixes: list[str]
+) -> None:
+    """This Redis runs on this host: the true offset is 0, within the estimate's bound."""
+    prefix = fresh_prefix("skew")
+    prefixes.append(prefix)
+
+    async def main() -> None:
+        broker = RedisBroker(redis_url, prefix=prefix)
+        await broker.start()
+        try:
+            await broker.renew()
+            skew = broker._skew
+            assert skew.error_ms is not None
+            assert abs(skew.offset_ms) <= skew.error_ms + 1, (skew.offset_ms, skew.error_ms)
+        finally:
+            await broker.close()
+
+    run(main())

@@ -57,6 +57,7 @@ from unisock.redis_keys import (
     scope_id,
     scope_of,
 )
+from unisock.skew import ClockSkew
 
 __all__ = ["DEFAULT_PREFIX", "RedisBroker"]
 
@@ -71,6 +72,9 @@ _POOL_SIZE: Final = 32
 """Commands in flight to Redis from one node at most; more wait for a connection."""
 _POOL_WAIT_S: Final = 5.0
 """How long a command may wait for a free connection during a burst before it fails."""
+_SCRIPT_SLOTS: Final = _POOL_SIZE - 4
+"""Script calls in flight at most: the pool keeps a few connections for liveness beats and
+unregistering, so that a burst of publishes never delays the beat that keeps sessions."""
 _HISTORY_GRACE_MS: Final = 60_000
 """An idle channel's history key outlives its age window by this much, then Redis drops it."""
 _USER_TTL_MS: Final = 7 * 24 * 3600 * 1000
@@ -144,11 +148,12 @@ class RedisBroker:
         self._local: dict[str, tuple[str, str, str, str]] = {}
         self._restore_pending = False
         self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(_SCRIPT_SLOTS)
         self._cmd: Redis | None = None
         self._tail: Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._last_id: str | None = None
-        self._skew_ms = 0  # Redis clock minus this node's, measured with TIME
+        self._skew = ClockSkew()  # Redis clock minus this node's, measured with TIME
         self._tail_id: int | None = None  # Redis client id of the fan-out reader's connection
         self._position: tuple[str, int] | None = None  # (generation, sequence) last read
         self._reachable = False
@@ -228,11 +233,32 @@ class RedisBroker:
     def _now(self) -> str:
         return "-1" if self._clock is None else str(self._clock())
 
-    async def _call(self, op: str, keys: list[str], *args: str | int) -> Any:
+    async def _call(
+        self, op: str, keys: list[str], *args: str | int, deadline: bool = False
+    ) -> Any:
+        """One script call; ``deadline`` appends the publish deadline, taken once a connection
+        is this call's, so that waiting for one during a burst never counts against it."""
         if self._closed or self._cmd is None:
             raise RuntimeError("broker is closed")
+        try:
+            async with asyncio.timeout(_POOL_WAIT_S):
+                await self._slots.acquire()
+        except TimeoutError:
+            # Redis answers, this node just has more to ask than connections: not an outage.
+            raise BrokerUnavailable("redis: every connection busy") from None
+        try:
+            return await self._script(op, keys, args, deadline)
+        finally:
+            self._slots.release()
+
+    async def _script(
+        self, op: str, keys: list[str], args: tuple[str | int, ...], deadline: bool
+    ) -> Any:
+        assert self._cmd is not None
         every = [self.keys.generation, *keys]
         argv = [op, self._now(), _candidate(), *args]
+        if deadline:
+            argv.append(self._deadline())
         try:
             try:
                 reply = await self._cmd.evalsha(self._sha, len(every), *every, *argv)
@@ -254,7 +280,7 @@ class RedisBroker:
         """Redis time after which a publish sent now must not be applied: half the command
         timeout from now, so the script refuses it before this node gives up and answers
         ``unavailable`` (a publish stuck in a frozen Redis never lands late)."""
-        return time.time_ns() // 1_000_000 + self._skew_ms + int(self._timeout_s * 500)
+        return time.time_ns() // 1_000_000 + self._skew.offset_ms + int(self._timeout_s * 500)
 
     def _channel_keys(self, cid: str) -> list[str]:
         return [self.keys.meta(cid), self.keys.history(cid)]
@@ -317,7 +343,7 @@ class RedisBroker:
             self._fanout_max,
             cid,
             self._max_age + _HISTORY_GRACE_MS,
-            self._deadline(),
+            deadline=True,
         )
         duplicate, epoch, offset, ts = bool(reply[0]), str(reply[1]), int(reply[2]), int(reply[3])
         if duplicate:
@@ -488,10 +514,9 @@ class RedisBroker:
         """Renew this node's liveness key and measure the clock skew to Redis; ``False`` when
         the key had expired (or Redis lost it)."""
         assert self._cmd is not None
-        sent = time.time_ns()
+        sent = time.time_ns() / 1e6
         seconds, micros = await self._cmd.time()
-        middle = (sent + time.time_ns()) // 2_000_000
-        self._skew_ms = seconds * 1000 + micros // 1000 - middle
+        self._skew.sample(sent, seconds * 1000 + micros / 1000, time.time_ns() / 1e6)
         previous = await self._cmd.set(
             self.keys.node(self.node_id), "1", px=self._node_ttl, get=True
         )
