@@ -19,7 +19,8 @@ from unisock_conformance.spectext import load_registry
 
 REGISTRY = load_registry(SPEC_DIR)["requirements"]
 IDS = {entry["id"] for entry in REGISTRY}
-# Claims (UNI-CONF-2, -3, -5, -6, -7, -11) and where a broadcaster keeps its token (UNI-SEC-8).
+# Claims (UNI-CONF-2, -3, -5, -6, -7, -11), where a broadcaster keeps its token (UNI-SEC-8) and
+# the refusal to start with a short HS256 secret (UNI-AUTH-28), which no client can observe.
 INSPECTION = {
     "UNI-CONF-2",
     "UNI-CONF-3",
@@ -28,6 +29,7 @@ INSPECTION = {
     "UNI-CONF-7",
     "UNI-CONF-11",
     "UNI-SEC-8",
+    "UNI-AUTH-28",
 }
 
 
