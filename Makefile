@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 TASKBOARD := examples/taskboard
 NPM_CI := npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 
-.PHONY: setup browser js taskboard demo e2e screenshots test lint typecheck pytest docs serve chaos clean \
+.PHONY: setup browser js taskboard demo e2e screenshots test lint typecheck pytest docs serve chaos fuzz-long clean \
 	bench-setup bench bench-profile
 
 setup: $(STAMP)
@@ -85,6 +85,18 @@ bench: bench-setup
 
 bench-profile: bench-setup
 	$(PY) -m bench profile $(BENCH_ARGS)
+
+# A long fuzz campaign: schema-driven core, live and frame campaigns with fresh seeds, then
+# coverage-guided fuzzing (atheris) of the parser and the filter compiler; crash files land
+# in .fuzz/. Stops at the first property violation and prints its seed.
+FUZZ_MINUTES ?= 15
+fuzz-long: setup
+	$(PY) -m pip install --quiet -e '.[fuzz]'
+	cd tests && nice -n 15 ../$(PY) fuzz/long.py --minutes $(FUZZ_MINUTES)
+	mkdir -p .fuzz/parser .fuzz/filter
+	cp schemas/v1/examples/*.json .fuzz/parser/
+	cd .fuzz && for target in parser filter; do nice -n 15 ../$(PY) ../tests/fuzz/atheris_targets.py \
+		$$target $$target -max_total_time=$$(( $(FUZZ_MINUTES) * 30 )) -rss_limit_mb=4096 || exit 1; done
 
 clean:
 	rm -rf $(VENV) site tests/asyncapi/node_modules docs/node_modules reference/js/node_modules reference/js/dist \

@@ -1,0 +1,1 @@
+"""Fuzzing of the reference server: schema-driven messages, mutations, raw frames."""
