@@ -118,6 +118,7 @@ def make_record(
     connection: str = "c-alice",
     event_type: str = "task.updated",
     data: Any = None,
+    tenant: str | None = None,
 ) -> PublishRecord:
     """A publish with only the fields these tests vary; the rest at their defaults."""
     return PublishRecord(
@@ -132,6 +133,7 @@ def make_record(
         coalesce_key=None,
         publisher_sub=sub,
         publisher_connection=connection,
+        publisher_tenant=key.tenant if tenant is None else tenant,
     )
 
 
@@ -336,6 +338,26 @@ class BrokerContract:
             own = await h.publish(me_key("acme", "alice"), "same")
             for result in (other_channel, other_tenant, other_owner, own):
                 assert (result.duplicate, result.event.offset) == (False, 1)
+
+        scenario(broker_factory, body)
+
+    def test_broker_dedups_sys_channels_per_publisher_tenant(
+        self, broker_factory: BrokerFactory
+    ) -> None:
+        """UNI-SEC-19: one $sys offset sequence, but no duplicate across tenants."""
+
+        async def body(h: Harness) -> None:
+            key = sys_key()
+            first = await h.publish(key, "maint-1", tenant="acme")
+            other = await h.publish(key, "maint-1", tenant="globex")
+            assert (other.duplicate, other.event.offset) == (False, 2)
+            assert other.event.record.publisher_tenant == "globex"
+            retry = await h.publish(key, "maint-1", tenant="acme")
+            assert (retry.duplicate, retry.event.offset) == (True, first.event.offset)
+            found = await h.broker.find_duplicate(key, "maint-1", "globex")
+            assert found is not None and found.offset == 2
+            assert await h.broker.find_duplicate(key, "maint-1", "initech") is None
+            assert (await h.broker.find_duplicate(TASKS, "maint-1", "acme")) is None
 
         scenario(broker_factory, body)
 

@@ -64,6 +64,8 @@ Expected catches, variant -> check (requirement):
   test_server_rate_limits_publishes_beyond_the_burst_and_keeps_the_connection (UNI-PUB-39,
   UNI-PUB-30, UNI-PUB-31)
 - every_request_charged -> test_server_charges_no_publish_token_for_other_messages (UNI-PUB-39)
+- sys_dedup_shared -> test_server_keeps_sys_idempotency_records_per_publisher_tenant
+  (UNI-SEC-19)
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ store has (several brokers on one Redis, key prefixes, generations, the one-roun
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -21,8 +22,9 @@ from broker_contract import (
     run,
 )
 from redis_support import delete_prefix, fresh_prefix, require_redis
-from unisock.broker import Broker
+from unisock.broker import Broker, ChannelKey
 from unisock.redis_broker import RedisBroker
+from unisock.redis_keys import KeyLayout, channel_id, decode_record, encode_record
 
 
 @pytest.fixture
@@ -208,3 +210,26 @@ def test_the_clock_offset_to_redis_is_measured_within_its_error_bound(
             await broker.close()
 
     run(main())
+
+
+def test_sys_dedup_keys_differ_per_publisher_tenant_and_never_meet_other_keys() -> None:
+    """UNI-SEC-19: the $sys dedup record names the tenant; the layout stays injective."""
+    keys = KeyLayout("p:")
+    sys_cid = channel_id(ChannelKey(None, None, "$sys.maint"))
+    made = {
+        keys.dedup(sys_cid, "m/1", "acme"),
+        keys.dedup(sys_cid, "1", "acme%2Fm"),
+        keys.dedup(sys_cid, "m/1", "globex"),
+        keys.dedup(sys_cid, "acme/m/1", None),
+        keys.dedup(channel_id(ChannelKey("acme", None, "tasks.1")), "m/1", "acme"),
+        keys.dedup(channel_id(ChannelKey("acme", None, "tasks.1")), "m/1", None),
+    }
+    assert len(made) == 5  # only the tenant channel ignores the tenant it is given
+    assert keys.dedup(sys_cid, "m1", "acme") == "p:c:s/%24sys.maint:d:acme/m1"
+
+
+def test_records_keep_their_publisher_tenant_through_redis_and_read_older_ones() -> None:
+    record = make_record(ChannelKey(None, None, "$sys.maint"), "m1", tenant="acme")
+    assert decode_record(record.key, encode_record(record)) == record
+    older = json.dumps(json.loads(encode_record(record))[:10])
+    assert decode_record(record.key, older).publisher_tenant is None

@@ -30,6 +30,7 @@ __all__ = [
     "Replay",
     "StoredEvent",
     "SupersedeListener",
+    "dedup_tenant",
 ]
 
 #: The gap reasons a replay can report (UNI-DEL resume rules); they are the wire values verbatim.
@@ -102,6 +103,23 @@ class PublishRecord:
     coalesce_key: str | None
     publisher_sub: str
     publisher_connection: str
+    publisher_tenant: str | None = None
+    """The publisher's tenant; on ``$sys`` it scopes the dedup record (UNI-SEC-19)."""
+
+    @property
+    def dedup_tenant(self) -> str | None:
+        """The tenant part of the dedup scope beyond the offset scope (see :func:`dedup_tenant`)."""
+        return dedup_tenant(self.key, self.publisher_tenant)
+
+
+def dedup_tenant(key: ChannelKey, publisher_tenant: str | None) -> str | None:
+    """``publisher_tenant`` on a ``$sys`` channel, else None (the key already has the tenant).
+
+    A ``$sys`` channel shares its offsets across tenants but not its dedup records: a shared
+    record would tell one tenant's broadcaster of another's message ids, and let it turn
+    another tenant's publish into a duplicate of its own event (UNI-SEC-19).
+    """
+    return publisher_tenant if key.tenant is None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,15 +184,19 @@ class Broker(Protocol):
         """Sequence, store and fan out one event.
 
         Assigns contiguous offsets from 1 per :class:`ChannelKey`, stores the event in history
-        (count + age window), dedups (tenant, channel, owner, message_id) within the dedup window,
+        (count + age window), dedups (tenant, channel, owner, message_id) within the dedup window
+        (on ``$sys``: the publisher's tenant, channel and message_id, UNI-SEC-19),
         then hands the event to every listener (all nodes) in offset order per channel. The ack
         may be sent once this returns (UNI-PUB: an ack means sequenced and stored).
         """
         ...
 
-    async def find_duplicate(self, key: ChannelKey, message_id: str) -> StoredEvent | None:
+    async def find_duplicate(
+        self, key: ChannelKey, message_id: str, publisher_tenant: str | None = None
+    ) -> StoredEvent | None:
         """The event an earlier publish of ``message_id`` on ``key`` sequenced, inside the dedup
         window; ``None`` otherwise. Lets a refused retry still be acknowledged (UNI-PUB-24).
+        ``publisher_tenant`` matters on ``$sys`` only (:func:`dedup_tenant`).
         """
         ...
 

@@ -28,6 +28,7 @@ from unisock.broker import (
     Replay,
     StoredEvent,
     SupersedeListener,
+    dedup_tenant,
 )
 
 __all__ = ["MemoryBroker", "default_clock", "random_epoch"]
@@ -36,7 +37,7 @@ _log = logging.getLogger(__name__)
 
 _NAMESPACES = frozenset({"tenant", "$me", "$sys"})
 
-_DedupKey = tuple[ChannelKey, str]
+_DedupKey = tuple[ChannelKey, str | None, str]  # key, $sys publisher tenant, message_id
 _Scope = tuple[str, str | None, str | None]
 
 
@@ -223,7 +224,7 @@ class MemoryBroker:
         if self._closed:
             raise RuntimeError("broker is closed")
         now = self._clock()
-        dedup_key = (record.key, record.message_id)
+        dedup_key = (record.key, record.dedup_tenant, record.message_id)  # UNI-SEC-11/19
         self._expire_dedup(now)
         seen = self._dedup.get(dedup_key)
         if seen is not None and now < seen[1]:
@@ -257,11 +258,13 @@ class MemoryBroker:
                 )
         return PublishResult(event, duplicate=False)
 
-    async def find_duplicate(self, key: ChannelKey, message_id: str) -> StoredEvent | None:
+    async def find_duplicate(
+        self, key: ChannelKey, message_id: str, publisher_tenant: str | None = None
+    ) -> StoredEvent | None:
         """The original event of ``message_id`` on ``key`` while its dedup record lives."""
         now = self._clock()
         self._expire_dedup(now)
-        seen = self._dedup.get((key, message_id))
+        seen = self._dedup.get((key, dedup_tenant(key, publisher_tenant), message_id))
         if seen is not None and now < seen[1]:
             return seen[0]
         return None

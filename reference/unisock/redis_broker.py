@@ -47,6 +47,7 @@ from unisock.broker import (
     Replay,
     StoredEvent,
     SupersedeListener,
+    dedup_tenant,
 )
 from unisock.redis_keys import (
     KeyLayout,
@@ -331,7 +332,7 @@ class RedisBroker:
             "publish",
             [
                 *self._channel_keys(cid),
-                self.keys.dedup(cid, record.message_id),
+                self.keys.dedup(cid, record.message_id, record.dedup_tenant),
                 self.keys.sequence,
                 self.keys.fanout,
                 self.keys.scope(scope_of(key)),
@@ -353,10 +354,12 @@ class RedisBroker:
             return PublishResult(self._event(cid, key, original, epoch, offset, ts), True)
         return PublishResult(self._event(cid, key, record, epoch, offset, ts), False)
 
-    async def find_duplicate(self, key: ChannelKey, message_id: str) -> StoredEvent | None:
+    async def find_duplicate(
+        self, key: ChannelKey, message_id: str, publisher_tenant: str | None = None
+    ) -> StoredEvent | None:
         """The event an earlier publish of ``message_id`` sequenced, inside the dedup window."""
         cid = channel_id(key)
-        dedup = self.keys.dedup(cid, message_id)
+        dedup = self.keys.dedup(cid, message_id, dedup_tenant(key, publisher_tenant))
         reply = await self._call("find", [*self._channel_keys(cid), dedup])
         if not reply:
             return None

@@ -112,7 +112,14 @@ class KeyLayout:
     def history(self, cid: str) -> str:
         return f"{self.prefix}c:{cid}:h"
 
-    def dedup(self, cid: str, message_id: str) -> str:
+    def dedup(self, cid: str, message_id: str, tenant: str | None = None) -> str:
+        """The dedup record of ``message_id``; on ``$sys`` per publisher ``tenant`` (UNI-SEC-19).
+
+        A ``$sys`` record names the encoded tenant (empty for none) before a ``/``, which no
+        encoded tenant contains, so records of two tenants never share a key.
+        """
+        if cid.startswith(f"{_KIND_SYS}/"):
+            return f"{self.prefix}c:{cid}:d:{_q(tenant or '')}/{message_id}"
         return f"{self.prefix}c:{cid}:d:{message_id}"
 
     def scope(self, sid: str) -> str:
@@ -143,12 +150,14 @@ def encode_record(record: PublishRecord) -> str:
         record.coalesce_key,
         record.publisher_sub,
         record.publisher_connection,
+        record.publisher_tenant,
     ]
     return json.dumps(fields, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def decode_record(key: ChannelKey, text: str) -> PublishRecord:
     """The inverse of :func:`encode_record` for the channel ``key``."""
+    fields = json.loads(text)
     (
         event_type,
         data,
@@ -160,7 +169,8 @@ def decode_record(key: ChannelKey, text: str) -> PublishRecord:
         coalesce_key,
         publisher_sub,
         publisher_connection,
-    ) = json.loads(text)
+    ) = fields[:10]
+    publisher_tenant = fields[10] if len(fields) > 10 else None  # records of older versions
     return PublishRecord(
         key=key,
         event_type=event_type,
@@ -173,4 +183,5 @@ def decode_record(key: ChannelKey, text: str) -> PublishRecord:
         coalesce_key=coalesce_key,
         publisher_sub=publisher_sub,
         publisher_connection=publisher_connection,
+        publisher_tenant=publisher_tenant,
     )

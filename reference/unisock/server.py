@@ -448,7 +448,9 @@ class UnisockServer:
     async def _refuse_unless_duplicate(self, conn: _Conn, action: RefuseUnlessDuplicate) -> None:
         core = conn.core
         try:
-            original = await self.broker.find_duplicate(action.key, action.message_id)
+            original = await self.broker.find_duplicate(
+                action.key, action.message_id, action.publisher_tenant
+            )
         except Exception as failure:
             _log_failure("dedup lookup", core.connection_id, failure)
             original = None

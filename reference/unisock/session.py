@@ -202,6 +202,8 @@ class RefuseUnlessDuplicate:
     key: ChannelKey
     message_id: str
     error: RequestError
+    publisher_tenant: str | None = None
+    """Scopes the lookup on ``$sys`` channels (UNI-SEC-19)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -740,7 +742,7 @@ class SessionCore:
             exc.request_id = rid
             # Dedup comes before the typed-event check: a retry of an accepted event is
             # still acknowledged, so the adapter asks the broker before refusing.
-            return [RefuseUnlessDuplicate(rid, key, message.message_id, exc)]
+            return [RefuseUnlessDuplicate(rid, key, message.message_id, exc, identity.tenant)]
         coalesce = message.key if message.key is not None and self._coalesces(channel) else None
         record = PublishRecord(
             key=key,
@@ -754,6 +756,7 @@ class SessionCore:
             coalesce_key=coalesce,
             publisher_sub=identity.sub,
             publisher_connection=self.connection_id,
+            publisher_tenant=identity.tenant,
         )
         return [StartPublish(rid, record)]
 

@@ -29,7 +29,7 @@ from unisock import (
     server,
     session,
 )
-from unisock.broker import Replay
+from unisock.broker import PublishRecord, Replay
 from unisock.errors import Unavailable
 from unisock.memory_broker import MemoryBroker
 from unisock.ratelimit import TokenBucket
@@ -245,12 +245,14 @@ def dedup_ignored() -> None:
 
     def make(original: Any) -> Any:
         async def publish(self: MemoryBroker, record: Any) -> Any:
-            self._dedup.pop((record.key, record.message_id), None)
+            self._dedup.pop((record.key, record.dedup_tenant, record.message_id), None)
             return await original(self, record)
 
         return publish
 
-    async def find_duplicate(self: MemoryBroker, key: Any, message_id: str) -> None:
+    async def find_duplicate(
+        self: MemoryBroker, key: Any, message_id: str, publisher_tenant: str | None = None
+    ) -> None:
         return None
 
     _wrap_method(MemoryBroker, "publish", make)
@@ -636,6 +638,15 @@ def filter_exact_integers() -> None:
     _replace(filters, "binary64", lambda value: value)
 
 
+# --- spec decisions -----------------------------------------------------------------------------
+
+
+def sys_dedup_shared() -> None:
+    """``$sys`` dedup records are shared by every tenant, keyed (channel, message_id)."""
+    _replace(memory_broker, "dedup_tenant", lambda key, publisher_tenant: None)
+    _replace(PublishRecord, "dedup_tenant", property(lambda record: None))
+
+
 # --- registry ----------------------------------------------------------------------------------
 
 
@@ -708,6 +719,7 @@ VARIANTS: dict[str, Variant] = {
         _v(token_claims_unchecked, "signed_token_outside_the_json_limits", "UNI-AUTH-26"),
         _v(repeat_failure_unavailable, "data_at_the_nesting_limit", "UNI-TR-29", "UNI-ERR-10"),
         _v(filter_exact_integers, "filter_numbers_as_binary64", "UNI-SUB-20"),
+        _v(sys_dedup_shared, "sys_idempotency_records", "UNI-SEC-19"),
     )
 }
 

@@ -252,6 +252,32 @@ def test_server_keeps_idempotency_records_per_tenant_and_owner(user: User, names
     assert again["duplicate"] is True and again["offset"] == 1, again
 
 
+@pytest.mark.requirement("UNI-SEC-19", "UNI-PUB-21")
+@pytest.mark.feature("system_namespace")
+def test_server_keeps_sys_idempotency_records_per_publisher_tenant(
+    user: User, names: Names
+) -> None:
+    """A broadcaster learns nothing of another tenant's $sys message ids, and suppresses none."""
+    channel, message_id = f"$sys.{names.channel()}", names.message_id()
+    watcher = user(names.tenant(2), names.user(2), subscribe=("$sys.>",))
+    watcher.subscribe(channel)
+    a, b = (
+        user(names.tenant(i), names.user(i), publish=("$sys.>",), broadcaster=True)
+        for i in range(2)
+    )
+    first = a.publish(channel, message_id=message_id)
+    other = b.publish(channel, message_id=message_id)
+    assert other["duplicate"] is False, (
+        f"a publish of tenant {names.tenant(1)} was acknowledged as a duplicate of tenant "
+        f"{names.tenant(0)}'s event: {other}"
+    )
+    assert other["offset"] == first["offset"] + 1, (first, other)
+    retry = a.publish(channel, message_id=message_id)
+    assert retry["duplicate"] is True and retry["offset"] == first["offset"], retry
+    events = watcher.wait_events(lambda e: e["channel"] == channel, 2)
+    assert [e["offset"] for e in events[:2]] == [first["offset"], other["offset"]], events
+
+
 # -- 13.6 resource exhaustion ----------------------------------------------------------------------
 
 

@@ -10,7 +10,8 @@
 --   P fan          stream every node tails: events and supersede notices, in sequencing order
 --   P c:C:m        hash  e = epoch, n = head offset, t = last ts, y = ts of the last evicted event
 --   P c:C:h        stream of retained events, ID = <ts>-<offset>, field r = the record
---   P c:C:d:<id>   dedup record "<epoch> <offset> <ts> <expires>"
+--   P c:C:d:<id>   dedup record "<epoch> <offset> <ts> <expires>"; on $sys channels the key is
+--                  P c:C:d:<tenant>/<id>, one record per publisher tenant (UNI-SEC-19)
 --   P s:<scope>    zset of channel ids by last ts (channels with retained history per scope)
 --   P u:<t>:<sub>  list of "<connection>\t<node>\t<stamp>\t<sid>" in authentication order
 --                  (UNI-SESS); stamp = when the connection authenticated, Redis time in us
