@@ -147,7 +147,7 @@ def test_generated_blocks_exist() -> None:
 def _listed_ids(text: str) -> set[str]:
     """IDs named in ``text``, with "UNI-X-1 to UNI-X-3" expanded to the whole range."""
     found = set(re.findall(r"UNI-[A-Z]+-\d+", text))
-    for area, first, last in re.findall(r"UNI-([A-Z]+)-(\d+) to UNI-\1-(\d+)", text):
+    for area, first, last in re.findall(r"UNI-([A-Z]+)-(\d+)\s+to\s+UNI-\1-(\d+)", text):
         found |= {f"UNI-{area}-{n}" for n in range(int(first), int(last) + 1)}
     return found
 
