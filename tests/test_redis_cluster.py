@@ -105,6 +105,42 @@ async def test_a_session_opened_again_on_another_node_supersedes_the_first(
 
 
 @asynctest
+async def test_the_connection_authenticated_last_keeps_the_session_whatever_the_order(
+    shared: tuple[str, str],
+) -> None:
+    """Node a's registration reaches Redis after node b's, though its connection
+    authenticated first: b's connection is the newer and keeps the session (UNI-SESS-6, -14)."""
+    url, prefix = shared
+    async with cluster(url, prefix) as (a, b):
+        broker, other = a.server.broker, b.server.broker
+        assert isinstance(broker, RedisBroker) and isinstance(other, RedisBroker)
+        slots, held = broker._slots, 0
+        try:
+            while not slots.locked():  # node a's registrations wait for Redis
+                await slots.acquire()
+                held += 1
+            first = await a.connect(token(sub="alice", sid="tab-1"))
+            second = await b.connect(token(sub="alice", sid="tab-1"))
+            key = broker.keys.user("acme", "alice")
+
+            async def registered_second() -> None:
+                while True:
+                    with redis.Redis.from_url(url, decode_responses=True) as client:
+                        entries = client.lrange(key, 0, -1)
+                    if len(entries) == 1 and other.node_id in entries[0]:
+                        return
+                    await asyncio.sleep(0.02)
+
+            await asyncio.wait_for(registered_second(), LIMIT)
+        finally:
+            for _ in range(held):
+                slots.release()
+        closed = await first.expect_close()
+        assert (closed.code, closed.reason) == (4001, "superseded")
+        assert (await second.request({"type": "ping"}))["type"] == "pong"
+
+
+@asynctest
 async def test_a_client_resumes_on_another_node_with_exactly_the_events_it_missed(
     shared: tuple[str, str],
 ) -> None:

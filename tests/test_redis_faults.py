@@ -252,3 +252,27 @@ async def test_a_registration_after_the_loss_restores_the_nodes_other_connection
             await a.connect(token(sub="bob", sid="tab-1"))
             closed = await older.expect_close()
             assert (closed.code, closed.reason) == (4001, "superseded")
+
+
+@asynctest
+async def test_a_connection_authenticated_during_an_outage_counts_once_redis_answers() -> None:
+    """Its registration failed; the node registers it at its first beat that reaches Redis,
+    so that a newer connection of its session still supersedes it (UNI-SESS-14, UNI-ERR-16)."""
+    with private_redis() as redis_server:
+        async with two_nodes_beating(redis_server, 3_000) as (a, b):
+            redis_server.freeze()
+            try:
+                first = await a.connect(token(sub="alice", sid="tab-1"))
+
+                async def refused() -> bool:
+                    return bool(broker_of(a)._unregistered)
+
+                await eventually(refused, "the registration refused")
+                await alive(first)  # served all the same
+            finally:
+                redis_server.resume()
+            await registered(redis_server, a, "alice", 1)
+            second = await b.connect(token(sub="alice", sid="tab-1"))
+            closed = await first.expect_close()
+            assert (closed.code, closed.reason) == (4001, "superseded")
+            await alive(second)

@@ -9,7 +9,7 @@ def test_the_first_sample_sets_the_offset_within_half_its_round_trip() -> None:
     skew = ClockSkew()
     assert skew.error_ms is None and skew.offset_ms == 0
     assert skew.sample(1_000.0, 1_503.0, 1_004.0)
-    assert (skew.offset_ms, skew.error_ms) == (501, 2.0)
+    assert (skew.offset_ms, skew.error_ms) == (501.0, 2.0)
 
 
 def test_a_slow_round_trip_does_not_replace_a_tight_one() -> None:
@@ -18,7 +18,7 @@ def test_a_slow_round_trip_does_not_replace_a_tight_one() -> None:
     skew.sample(1_000.0, 1_001.0, 1_002.0)
     assert not skew.sample(4_000.0, 4_001.0, 5_800.0)
     assert (skew.offset_ms, skew.error_ms) == (0, 1.0)
-    assert skew.sample(7_000.0, 7_251.0, 7_001.0)  # tighter still: a stepped clock shows
+    assert skew.sample(7_000.0, 7_250.5, 7_001.0)  # tighter still: a stepped clock shows
     assert skew.offset_ms == 250
 
 

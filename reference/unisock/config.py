@@ -87,7 +87,8 @@ class ServerConfig:
     """Default window clients spread their reconnects over when this node drains."""
     discard_idle_channels: bool = True
     """Discard the state of channels idle beyond ``history_max_age_ms`` with no subscriber
-    on this node (UNI-SEC-14), so publisher-made channel names do not accumulate."""
+    on this node (UNI-SEC-14; on Redis, on any node, after a grace of two sweep intervals),
+    so publisher-made channel names do not accumulate."""
     node_name: str = "unisock"
     broker: str = "memory"
     """``memory`` (one process, the default) or a Redis URL ``redis://HOST:PORT/DB`` that

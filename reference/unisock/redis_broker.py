@@ -58,6 +58,7 @@ from unisock.redis_keys import (
     scope_id,
     scope_of,
 )
+from unisock.retention import sweep_interval_ms
 from unisock.skew import ClockSkew
 
 __all__ = ["DEFAULT_PREFIX", "RedisBroker"]
@@ -76,6 +77,9 @@ _POOL_WAIT_S: Final = 5.0
 _SCRIPT_SLOTS: Final = _POOL_SIZE - 4
 """Script calls in flight at most: the pool keeps a few connections for liveness beats and
 unregistering, so that a burst of publishes never delays the beat that keeps sessions."""
+_SWEEP_BATCH: Final = 1000
+_SWEEP_ROUNDS: Final = 20
+"""Idle channels one sweep looks at, at most, per round and in all (the oldest first)."""
 _HISTORY_GRACE_MS: Final = 60_000
 """An idle channel's history key outlives its age window by this much, then Redis drops it."""
 _USER_TTL_MS: Final = 7 * 24 * 3600 * 1000
@@ -133,6 +137,7 @@ class RedisBroker:
         self.node_id = uuid.uuid4().hex[:16]
         self._max_count = history_max_count
         self._max_age = history_max_age_ms
+        self._discard_grace = 2 * sweep_interval_ms(history_max_age_ms)
         self._dedup_window = dedup_window_ms
         self._clock = clock
         self._encode = encode_frame if encode_frame is not None else _default_encoder()
@@ -148,6 +153,7 @@ class RedisBroker:
         # connection -> (tenant, sub, sid, stamp): what restores it should Redis lose it
         self._local: dict[str, tuple[str, str, str, str]] = {}
         self._restore_pending = False
+        self._unregistered: dict[str, int] = {}  # connection -> cap, registration to retry
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(_SCRIPT_SLOTS)
         self._cmd: Redis | None = None
@@ -189,6 +195,8 @@ class RedisBroker:
         self._tail = self._client(self._timeout_s + _BLOCK_MS / 1000, connections=1)
         try:
             await self._heartbeat()
+            # The first round trip also opened the connection: a few more bound the offset.
+            await self._measure_skew(4)
             await self._baseline()
             self._answered()
         except (RedisError, OSError) as error:
@@ -281,10 +289,15 @@ class RedisBroker:
         """Redis time after which a publish sent now must not be applied: half the command
         timeout from now, so the script refuses it before this node gives up and answers
         ``unavailable`` (a publish stuck in a frozen Redis never lands late)."""
-        return time.time_ns() // 1_000_000 + self._skew.offset_ms + int(self._timeout_s * 500)
+        now_ms = time.time_ns() / 1e6 + self._skew.offset_ms
+        return int(now_ms) + int(self._timeout_s * 500)
 
     def _channel_keys(self, cid: str) -> list[str]:
         return [self.keys.meta(cid), self.keys.history(cid)]
+
+    def _held_keys(self, key: ChannelKey, cid: str) -> list[str]:
+        """The keys of an operation that holds the channel's state, making it if need be."""
+        return [*self._channel_keys(cid), self.keys.idle, self.keys.tombstones(scope_of(key))]
 
     # -- events and the frame cache ---------------------------------------------------------
 
@@ -336,6 +349,8 @@ class RedisBroker:
                 self.keys.sequence,
                 self.keys.fanout,
                 self.keys.scope(scope_of(key)),
+                self.keys.idle,
+                self.keys.tombstones(scope_of(key)),
             ],
             encode_record(record),
             self._max_count,
@@ -372,7 +387,8 @@ class RedisBroker:
     async def head(self, key: ChannelKey) -> Position:
         """The last assigned position; a channel without events is at offset 0 of the current
         generation, which is the epoch its first event will carry."""
-        reply = await self._call("head", self._channel_keys(channel_id(key)))
+        cid = channel_id(key)
+        reply = await self._call("head", self._held_keys(key, cid), cid)
         return Position(str(reply[0]), int(reply[1]))
 
     async def replay(self, key: ChannelKey, after: Position) -> Replay:
@@ -380,11 +396,12 @@ class RedisBroker:
         cid = channel_id(key)
         reply = await self._call(
             "replay",
-            self._channel_keys(cid),
+            self._held_keys(key, cid),
             after.epoch,
             after.offset,
             self._max_count,
             self._max_age,
+            cid,
         )
         epoch, head = str(reply[0]), Position(str(reply[0]), int(reply[1]))
         if reply[2]:
@@ -396,7 +413,7 @@ class RedisBroker:
         """Retained events with ts >= since_ts, or ``window_exceeded`` if one was evicted."""
         cid = channel_id(key)
         reply = await self._call(
-            "since", self._channel_keys(cid), since_ts, self._max_count, self._max_age
+            "since", self._held_keys(key, cid), since_ts, self._max_count, self._max_age, cid
         )
         epoch, head = str(reply[0]), Position(str(reply[0]), int(reply[1]))
         if reply[2]:
@@ -406,16 +423,55 @@ class RedisBroker:
     async def channels(
         self, tenant: str | None, owner: str | None, namespace: str
     ) -> list[ChannelKey]:
-        """Channels of one scope with retained history, sorted by name."""
+        """Channels of one scope with retained history or discarded state, sorted by name."""
         if namespace not in _NAMESPACES:
             raise ValueError(f"unknown namespace {namespace!r}")
-        scope = self.keys.scope(scope_id(tenant, owner, namespace))
+        sid = scope_id(tenant, owner, namespace)
         reply = await self._call(
-            "channels", [scope], self._max_age, self._max_count, self.keys.prefix
+            "channels",
+            [self.keys.scope(sid), self.keys.tombstones(sid)],
+            self._max_age,
+            self._max_count,
+            self.keys.prefix,
         )
         found = [parse_channel_id(str(cid)) for cid in reply]
         found.sort(key=lambda k: k.name)
         return found
+
+    async def discard_idle(self, in_use: Callable[[ChannelKey], bool]) -> int:
+        """Discard the state of channels idle for longer than the history's age bound and not
+        ``in_use`` on any node (UNI-SEC-14); return how many this call discarded.
+
+        Every node's sweep marks the idle channels its own subscriptions match as active, and
+        a channel goes only once it stayed idle for a grace of two sweep intervals longer, so
+        that each node had its turn. One that had events leaves a tombstone (its name and last
+        ts): a resume by time reports the loss, and its next state gets a new epoch.
+        """
+        total = 0
+        for _ in range(_SWEEP_ROUNDS):
+            candidates = await self._call("idle", [self.keys.idle], self._max_age, _SWEEP_BATCH)
+            if not candidates:
+                break
+            used = [cid for cid in candidates if in_use(parse_channel_id(str(cid)))]
+            unused = [cid for cid in candidates if cid not in used]
+            count = int(
+                await self._call(
+                    "discard",
+                    [self.keys.idle],
+                    self._max_age,
+                    self._discard_grace,
+                    self.keys.prefix,
+                    len(used),
+                    *used,
+                    *unused,
+                )
+            )
+            total += count
+            if count == 0 or len(candidates) < _SWEEP_BATCH:
+                break
+        if total:
+            _log.info("discarded the state of %d idle channels", total)
+        return total
 
     def add_listener(self, listener: EventListener) -> None:
         """Receive every event of every node, in fan-out order (offset order per channel)."""
@@ -490,7 +546,8 @@ class RedisBroker:
             return
         cid = fields["k"]
         key = parse_channel_id(cid)
-        event = self._event(cid, key, fields["r"], generation, int(parts[2]), int(parts[3]))
+        epoch = parts[4] if len(parts) > 4 else generation
+        event = self._event(cid, key, fields["r"], epoch, int(parts[2]), int(parts[3]))
         for listener in self._listeners:
             try:
                 listener(event)
@@ -517,13 +574,18 @@ class RedisBroker:
         """Renew this node's liveness key and measure the clock skew to Redis; ``False`` when
         the key had expired (or Redis lost it)."""
         assert self._cmd is not None
-        sent = time.time_ns() / 1e6
-        seconds, micros = await self._cmd.time()
-        self._skew.sample(sent, seconds * 1000 + micros / 1000, time.time_ns() / 1e6)
+        await self._measure_skew()
         previous = await self._cmd.set(
             self.keys.node(self.node_id), "1", px=self._node_ttl, get=True
         )
         return previous is not None
+
+    async def _measure_skew(self, samples: int = 1) -> None:
+        assert self._cmd is not None
+        for _ in range(samples):
+            sent = time.time_ns() / 1e6
+            seconds, micros = await self._cmd.time()
+            self._skew.sample(sent, seconds * 1000 + micros / 1000, time.time_ns() / 1e6)
 
     async def _liveness(self) -> None:
         """Keep this node's connections counted (UNI-SESS-14); restore them after an outage.
@@ -555,15 +617,33 @@ class RedisBroker:
         if self._restore_pending:
             if self._local:
                 _log.warning("node registration had lapsed; restoring %d", len(self._local))
-            for connection_id, (tenant, sub, sid, stamp) in list(self._local.items()):
-                if connection_id not in self._local:
-                    continue  # closed meanwhile
-                await self._register(tenant, sub, sid, connection_id, 0, stamp=stamp)
-                if connection_id not in self._local:
-                    # It closed while being restored: take back what the restore wrote.
-                    await self._forget(tenant, sub, connection_id, sid, stamp)
+            for connection_id in list(self._local):
+                await self._register_again(connection_id, restore=True)
             self._restore_pending = False
+        for connection_id in list(self._unregistered):
+            await self._register_again(connection_id, restore=False)
         self._answered()
+
+    async def _register_again(self, connection_id: str, *, restore: bool) -> None:
+        """Register a connection of this node with the stamp it authenticated with: a restore
+        (Redis lost it) or the registration that failed then (counted against the cap now)."""
+        known = self._local.get(connection_id)
+        if known is None:
+            self._unregistered.pop(connection_id, None)
+            return  # closed meanwhile
+        tenant, sub, sid, stamp = known
+        cap = self._unregistered.get(connection_id)
+        if restore and cap is not None:
+            return  # never registered: registered as new below
+        _, kept, _ = await self._register(
+            tenant, sub, sid, connection_id, cap or 0, stamp=stamp, restore=cap is None
+        )
+        self._unregistered.pop(connection_id, None)
+        if connection_id in self._local:
+            self._local[connection_id] = (tenant, sub, sid, kept)
+        else:
+            # It closed while being registered: take back what the script wrote.
+            await self._forget(tenant, sub, connection_id, sid, kept)
 
     async def _register(
         self,
@@ -574,9 +654,11 @@ class RedisBroker:
         cap: int,
         *,
         stamp: str | None,
+        restore: bool = False,
     ) -> tuple[bool, str, list[str]]:
-        """One registration (``stamp`` None) or restore; returns whether this node's key had
-        lapsed, the connection's stamp, and the connections it supersedes."""
+        """One registration or restore of a connection authenticated at ``stamp`` (Redis time in
+        microseconds; None: now); returns whether this node's key had lapsed, the stamp
+        Redis kept, and the connections it supersedes."""
         reply = await self._call(
             "register",
             [self.keys.user(tenant, sub), self.keys.sequence, self.keys.fanout],
@@ -586,7 +668,7 @@ class RedisBroker:
             cap,
             self.keys.node_prefix,
             _USER_TTL_MS,
-            "0" if stamp is None else "1",
+            "1" if restore else "0",
             self._fanout_max,
             self._node_ttl,
             "-1" if stamp is None else stamp,
@@ -600,9 +682,21 @@ class RedisBroker:
         the connections it supersedes (UNI-SESS-6, -11, -13, -14); every node hears of them
         through the fan-out stream and closes those it holds."""
         encoded = "" if sid is None else "=" + sid
-        lapsed, stamp, superseded = await self._register(
-            tenant, sub, encoded, connection_id, max_per_user, stamp=None
-        )
+        # Authentication order decides which connection is the newer or the oldest, whatever
+        # order the registrations of several nodes reach Redis in: Redis time, as this node
+        # estimates it, now (Redis takes its own time if that is earlier).
+        authenticated = str(int(time.time_ns() / 1000 + self._skew.offset_ms * 1000))
+        try:
+            lapsed, stamp, superseded = await self._register(
+                tenant, sub, encoded, connection_id, max_per_user, stamp=authenticated
+            )
+        except BrokerUnavailable:
+            # Redis did not answer: the connection is served all the same (UNI-ERR-16) and
+            # registered at the next beat that reaches Redis, with the time it authenticated,
+            # so that the session rule and the cap apply to it after all (UNI-SESS-14).
+            self._local[connection_id] = (tenant, sub, encoded, authenticated)
+            self._unregistered[connection_id] = max_per_user
+            raise
         self._local[connection_id] = (tenant, sub, encoded, stamp)
         if lapsed:
             # Redis lost this node's key: its other connections are to be registered again.
@@ -613,6 +707,7 @@ class RedisBroker:
     async def unregister_connection(self, tenant: str, sub: str, connection_id: str) -> None:
         """Forget a closed connection of this node; unknown ids are ignored."""
         known = self._local.pop(connection_id, None)
+        self._unregistered.pop(connection_id, None)
         if known is None or self._cmd is None:
             return
         await self._forget(known[0], known[1], connection_id, known[2], known[3])

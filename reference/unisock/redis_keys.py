@@ -125,6 +125,13 @@ class KeyLayout:
     def scope(self, sid: str) -> str:
         return f"{self.prefix}s:{sid}"
 
+    def tombstones(self, sid: str) -> str:
+        return f"{self.prefix}x:{sid}"
+
+    @property
+    def idle(self) -> str:
+        return self.prefix + "idle"
+
     def user(self, tenant: str, sub: str) -> str:
         return f"{self.prefix}u:{_q(tenant)}:{_q(sub)}"
 

@@ -5,19 +5,21 @@ Channel names are created by whoever publishes; without a sweep their sequencing
 than ``history.max_age_ms`` has nothing left that UNI-DEL-22 obliges the server to keep, so
 its state can go, unless a connection of this node still has a subscription that matches
 it (its subscribers would only see a needless epoch change). A broker that supports it
-offers ``discard_idle(in_use)``; others are left alone.
+offers ``discard_idle(in_use)``, returning a count or (a broker on a store such as Redis) an
+awaitable of one; others are left alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import lru_cache
 from typing import Any, Protocol, runtime_checkable
 
-from unisock.broker import ChannelKey
+from unisock.broker import BrokerUnavailable, ChannelKey
 from unisock.channels import Pattern, matches, parse_channel, parse_pattern
 
 __all__ = ["IdleSweeper", "sweep_interval_ms"]
@@ -27,7 +29,7 @@ _log = logging.getLogger(__name__)
 
 @runtime_checkable
 class _Discarding(Protocol):
-    def discard_idle(self, in_use: Callable[[ChannelKey], bool]) -> int: ...
+    def discard_idle(self, in_use: Callable[[ChannelKey], bool]) -> int | Awaitable[int]: ...
 
 
 class _Subscriber(Protocol):
@@ -73,9 +75,22 @@ class IdleSweeper:
         return False
 
     def sweep(self) -> int:
-        """One pass; returns the number of channels discarded."""
+        """One pass over a broker that discards synchronously; returns how many it discarded."""
         broker: _Discarding | None = self._broker
-        return 0 if broker is None else broker.discard_idle(self.in_use)
+        if broker is None:
+            return 0
+        result = broker.discard_idle(self.in_use)
+        if inspect.isawaitable(result):
+            raise TypeError("this broker discards asynchronously: use sweep_async")
+        return result
+
+    async def sweep_async(self) -> int:
+        """One pass over any broker; returns how many channels it discarded."""
+        broker: _Discarding | None = self._broker
+        if broker is None:
+            return 0
+        result = broker.discard_idle(self.in_use)
+        return await result if inspect.isawaitable(result) else result
 
     @property
     def running(self) -> bool:
@@ -97,6 +112,8 @@ class IdleSweeper:
         while True:
             await asyncio.sleep(self._interval_s)
             try:
-                self.sweep()
+                await self.sweep_async()
+            except BrokerUnavailable as error:  # an outage: the next sweep catches up
+                _log.warning("discarding idle channel state postponed: %s", error)
             except Exception:  # a failing sweep must not stop the server; it retries
                 _log.exception("discarding idle channel state failed")

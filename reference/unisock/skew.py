@@ -21,7 +21,7 @@ class ClockSkew:
     """The best estimate so far of (Redis clock - local clock), in milliseconds."""
 
     def __init__(self) -> None:
-        self.offset_ms = 0
+        self.offset_ms = 0.0
         self.error_ms: float | None = None  # None until a first sample
         self._at_ms = 0.0
 
@@ -33,7 +33,7 @@ class ClockSkew:
             aged = self.error_ms + (received_ms - self._at_ms) * _DRIFT
             if error > aged:
                 return False
-        self.offset_ms = round(remote_ms - (sent_ms + received_ms) / 2)
+        self.offset_ms = remote_ms - (sent_ms + received_ms) / 2
         self.error_ms = error
         self._at_ms = received_ms
         return True
