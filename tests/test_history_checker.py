@@ -96,3 +96,36 @@ def test_checker_reports_cross_tenant_and_phantom_deliveries() -> None:
 def test_checker_reports_a_delivery_at_another_position_than_its_ack() -> None:
     verdict = check(_history(event(1, "m1"), event(3, "m2")))
     assert any("acked at e1:2" in v for v in verdict.violations)
+
+
+def test_checker_accepts_a_first_attempt_sequenced_in_an_epoch_that_was_lost() -> None:
+    """m4 took effect in e1 without an ack (Redis died before answering), e1 was lost, and
+    its retry was acked in e2: delivered once per epoch, at the acked position in e2."""
+    retried = Publish("acme", "c", "m4", True, "e2", 1, at=9.0)
+    publishes = [*_history().publishes, retried]
+    verdict = check(
+        _history(
+            event(1, "m1"),
+            event(2, "m2"),
+            event(3, "m4"),
+            gap(0, "e2", "epoch_changed", 9.5),
+            event(1, "m4", "e2", 9.6),
+            publishes=publishes,
+        )
+    )
+    assert verdict.ok, verdict.report()
+    assert verdict.counts["acked events also sequenced in a lost epoch"] == 1
+
+
+def test_checker_reports_a_delivery_in_a_later_epoch_than_its_ack() -> None:
+    publishes = [*_history().publishes, Publish("acme", "c", "m4", True, "e1", 3, at=4.0)]
+    verdict = check(
+        _history(
+            event(1, "m1"),
+            event(2, "m2"),
+            gap(0, "e2", "epoch_changed", 9.5),
+            event(1, "m4", "e2", 9.6),
+            publishes=publishes,
+        )
+    )
+    assert any("acked at e1:3" in v for v in verdict.violations), verdict.report()
