@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +29,18 @@ SIZES: dict[str, dict[str, Any]] = {
     "full": {
         "event_bytes": 256,
         "repeat": 3,
+        "repeats": {"s1-5000": 2, "s3": 2, "s4": 2, "s5": 2},
+        "skip": {"s1-5000": ["unisock-uvloop"], "s4": ["unisock-uvloop"]},
         "s1_subscribers": [1000, 5000],
-        "s1_deliveries": 1_000_000,
+        "s1_deliveries": 500_000,
         "s2_tenants": 100,
         "s2_channels": 10,
         "s2_connections": 5000,
         "s2_rate": 500,
-        "s2_seconds": 8,
+        "s2_seconds": 6,
         "s3_subscribers": 1000,
         "s3_rate": 20,
-        "s3_seconds": 8,
+        "s3_seconds": 5,
         "s3_probe_every": 5,
         "s4_connections": 10000,
         "s5_subscribers": 2000,
@@ -130,7 +133,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     size = dict(SIZES[size_name])
     if args.repeat:
         size["repeat"] = args.repeat
-    scenarios = args.scenarios.split(",") if args.scenarios else list(SCENARIOS)
+    if args.s1_subscribers:
+        size["s1_subscribers"] = [int(n) for n in args.s1_subscribers.split(",")]
+    keys = _keys(args.scenarios.split(",") if args.scenarios else list(SCENARIOS), size)
+    stop_at = _deadline(args.stop_at)
     machine = report.machine()  # before pinning: it counts the usable cores
     server_cores, client_cores = h.core_layout()
     h.raise_fd_limit()
@@ -149,48 +155,82 @@ def cmd_run(args: argparse.Namespace) -> int:
         "server_cores": sorted(server_cores),
         "client_cores": sorted(client_cores),
         "skipped_peers": skipped,
+        "not_run": [],
         "load_average": [],
         "scenarios": {},
     }
     started = time.monotonic()
-    for scenario in scenarios:
-        names = _peer_names(args, scenario)
-        variants = (
-            [(f"s1-{n}", n) for n in size["s1_subscribers"]]
-            if scenario == "s1"
-            else [(scenario, 0)]
-        )
-        for key, subscribers in variants:
-            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-            for index in range(size["repeat"]):
-                for name in names:
-                    peer = all_peers[name]
-                    load = h.load_average()
-                    data["load_average"].append(load)
-                    try:
-                        result = _one(scenario, peer, env, size, subscribers)
-                    except Exception as error:  # a failed run is recorded, not hidden
-                        result = {"valid": False, "error": f"{type(error).__name__}: {error}"}
-                    result["load_average_before"] = load
-                    runs[name].append(result)
-                    print(
-                        f"[{time.monotonic() - started:6.0f}s] {key} {index + 1}/{size['repeat']}"
-                        f" {name:14s} {report.one_line(scenario, result)}",
-                        flush=True,
-                    )
-            data["scenarios"][key] = {"peers": runs}
-            report.write(out, data)
+    for key in keys:
+        scenario, *shape = key.split("-")
+        subscribers = int(shape[0]) if scenario == "s1" else 0
+        window = int(shape[1]) if len(shape) > 1 else 32
+        names = [
+            n for n in _peer_names(args, scenario) if n not in size.get("skip", {}).get(key, ())
+        ]
+        repeat = size.get("repeats", {}).get(key, size["repeat"])
+        if args.repeat:
+            repeat = args.repeat
+        if stop_at is not None and time.time() > stop_at:
+            data["not_run"].append(key)  # out of time: said in the summary, not hidden
+            continue
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        for index in range(repeat):
+            for name in names:
+                peer = all_peers[name]
+                load = h.load_average()
+                data["load_average"].append(load)
+                try:
+                    result = _one(scenario, peer, env, size, subscribers, window)
+                except Exception as error:  # a failed run is recorded, not hidden
+                    result = {"valid": False, "error": f"{type(error).__name__}: {error}"}
+                result["load_average_before"] = load
+                runs[name].append(result)
+                print(
+                    f"[{time.monotonic() - started:6.0f}s] {key} {index + 1}/{repeat}"
+                    f" {name:14s} {report.one_line(scenario, result)}",
+                    flush=True,
+                )
+        data["scenarios"][key] = {"peers": runs, "repeat": repeat}
+        report.write(out, data)
     data["elapsed_s"] = round(time.monotonic() - started, 1)
     report.write(out, data)
     print(f"wrote {out / 'suite.json'}, {out / 'summary.md'} and the plots")
     return 0
 
 
+def _keys(names: list[str], size: dict[str, Any]) -> list[str]:
+    """Scenario keys in the order asked: ``s1`` stands for every size of scenario 1;
+    ``s1-N-1`` is scenario 1 with one event in flight at a time (nothing to batch)."""
+    keys: list[str] = []
+    for name in names:
+        if name == "s1":
+            keys += [f"s1-{n}" for n in size["s1_subscribers"]]
+        elif name in SCENARIOS or name.startswith("s1-"):
+            keys.append(name)
+        else:
+            raise SystemExit(f"unknown scenario {name!r}")
+    return keys
+
+
+def _deadline(text: str) -> float | None:
+    """``HH:MM`` (UTC, today) after which no further scenario starts."""
+    if not text:
+        return None
+    hour, minute = (int(part) for part in text.split(":"))
+    now = datetime.now(UTC)
+    return now.replace(hour=hour, minute=minute, second=0, microsecond=0).timestamp()
+
+
 def _one(
-    scenario: str, peer: suite.Peer, env: suite.Env, size: dict[str, Any], subscribers: int
+    scenario: str,
+    peer: suite.Peer,
+    env: suite.Env,
+    size: dict[str, Any],
+    subscribers: int,
+    window: int = 32,
 ) -> dict[str, Any]:
     if scenario == "s1":
-        return suite.fanout(peer, env, size, subscribers)
+        return suite.fanout(peer, env, size, subscribers, window=window)
     if scenario == "s2":
         return suite.filtered(peer, env, size)
     if scenario == "s3":
@@ -217,13 +257,18 @@ def cmd_profile(args: argparse.Namespace) -> int:
     peer = suite.peers()[args.peer]
     raw = args.out / f"profile-{args.label}.collapsed"
     args.out.mkdir(parents=True, exist_ok=True)
-    result = suite.fanout(peer, env, size, args.subscribers, profile=raw)
+    if args.scenario == "s2":
+        result = suite.filtered(peer, env, size, profile=raw)
+        what = f"scenario 2 ({size['s2_connections']} connections, {size['s2_rate']} publishes/s)"
+    else:
+        result = suite.fanout(peer, env, size, args.subscribers, profile=raw)
+        what = f"scenario 1 ({args.subscribers} subscribers)"
     top = report.profile_top(raw, args.top)
     path = args.out / f"profile-{args.label}.txt"
     path.write_text(
-        f"py-spy samples of the {args.peer} server over scenario 1 ({args.subscribers} "
-        f"subscribers, {result['deliveries']:,} deliveries, {result['server_cpu_s']:.2f} s "
-        f"CPU under the sampler), {h.now_iso()}\n\n{top}",
+        f"py-spy samples of the {args.peer} server over {what}: {result['deliveries']:,} "
+        f"deliveries, {result['server_cpu_s']:.2f} s CPU under the sampler, "
+        f"{result['cpu_s_per_million']} s CPU per 1M deliveries; {h.now_iso()}\n\n{top}",
         encoding="utf-8",
     )
     print(top)
@@ -243,9 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--scenarios", default="", help="comma-separated subset of s1..s5")
     run.add_argument("--peers", default="", help="comma-separated subset of the peers")
     run.add_argument("--repeat", type=int, default=0, help="override the size's repeats")
+    run.add_argument("--s1-subscribers", default="", help="override scenario 1's sizes: 1000,5000")
+    run.add_argument("--stop-at", default="", help="HH:MM UTC: start no scenario after it")
     sub.add_parser("report", help="rewrite summary.md and the plots from suite.json")
     prof = sub.add_parser("profile", help="py-spy over scenario 1 of one peer")
     prof.add_argument("--peer", default="unisock")
+    prof.add_argument("--scenario", choices=("s1", "s2"), default="s1")
     prof.add_argument("--subscribers", type=int, default=1000)
     prof.add_argument("--deliveries", type=int, default=1_000_000)
     prof.add_argument("--label", default="unisock")

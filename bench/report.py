@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
+import re
 import shutil
 import subprocess
 from collections import Counter
@@ -187,6 +188,14 @@ def targets(figs: dict[str, Any], rat: dict[str, float]) -> list[tuple[str, str,
             TARGETS["s1_vs_pysio"],
         )
         ratio_row("S2 CPU/delivery vs S1 (unisock)", f"s2/{s1} unisock", TARGETS["s2_vs_s1"])
+        single = f"{s1}-1"
+        if single in figs:
+            for peer, bound in (("socketio", TARGETS["s1_vs_socketio"]), ("floor", 1.15)):
+                ratio_row(
+                    f"S1 ({s1[3:]} subscribers, one event in flight) vs {peer}",
+                    f"{single} unisock/{peer}",
+                    bound,
+                )
     p99 = _median(figs, "s3", "unisock", "latency_ms.p99")
     rows.append(
         ("S3 p99 (unisock)", "< 20 ms", p99, None if p99 is None else p99 < TARGETS["s3_p99_ms"])
@@ -230,6 +239,16 @@ def _fmt(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _repeats(data: dict[str, Any]) -> str:
+    counts = {
+        key: s.get("repeat", data["parameters"]["repeat"]) for key, s in data["scenarios"].items()
+    }
+    if len(set(counts.values())) <= 1:
+        count = next(iter(counts.values()), data["parameters"]["repeat"])
+        return f"{count} interleaved repeat(s) per peer"
+    return "interleaved repeats per peer: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
 def markdown(data: dict[str, Any], figs: dict[str, Any], rat: dict[str, float]) -> str:
     m = data["machine"]
     p = data["parameters"]
@@ -249,13 +268,18 @@ def markdown(data: dict[str, Any], figs: dict[str, Any], rat: dict[str, float]) 
         f"Versions: {versions}. One-minute load average before the runs: "
         + (f"{min(loads):.2f} to {max(loads):.2f}." if loads else "n/a."),
         "",
-        f"Size `{data['size']}`, {p['repeat']} interleaved repeat(s) per peer; each cell is the "
+        f"Size `{data['size']}`, {_repeats(data)}; each cell is the "
         "median of the valid runs, with the lowest and highest in brackets. Server CPU is the "
         "server process's user + system time from `/proc`; a run is invalid when the load "
         f"generators used {suite.SATURATED:.0%} of their cores (or a paced publisher fell "
         "behind, or a delivery was missing). Ratios compare medians of this invocation.",
         "",
     ]
+    if data.get("not_run"):
+        lines += [
+            "Not run, out of time: " + ", ".join(f"`{k}`" for k in data["not_run"]) + ".",
+            "",
+        ]
     if data.get("skipped_peers"):
         lines += [
             "Not measured here: "
@@ -279,6 +303,10 @@ def markdown(data: dict[str, Any], figs: dict[str, Any], rat: dict[str, float]) 
         )
         if kind == "s4":
             title = TITLES["s4"].format(n=p["s4_connections"])
+        if key.count("-") == 2:
+            title += ", one event in flight at a time (nothing to batch)"
+        elif kind == "s1":
+            title += ", up to 32 events in flight, injected 8 at a time"
         lines += [f"## {title}", ""]
         columns = FIGURES[kind]
         lines.append("| peer | " + " | ".join(columns.values()) + " | valid runs |")
@@ -419,23 +447,30 @@ def profile_top(collapsed: Path, top: int) -> str:
     """Self and inclusive sample shares per function, from py-spy's collapsed stacks."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
-    total = 0
+    total = busy = idle = 0
     for line in collapsed.read_text(encoding="utf-8").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack:
             continue
         count = int(count_text)
         total += count
-        frames = [f.strip() for f in stack.split(";") if f.strip()]
-        if not frames:
+        # One entry per function: "name (file:line)" loses its line number.
+        frames = [re.sub(r":\d+\)$", ")", f.strip()) for f in stack.split(";") if f.strip()]
+        if not frames or frames[-1].startswith("EpollSelector.select"):
+            idle += count  # waiting for the network: not CPU
             continue
+        busy += count
         own[frames[-1]] += count
         for frame in set(frames):
             inclusive[frame] += count
-    if not total:
+    if not busy:
         return "no samples\n"
-    lines = [f"{total} samples", "", "self %  function (file:line)"]
-    lines += [f"{100 * c / total:6.2f}  {f}" for f, c in own.most_common(top)]
-    lines += ["", "incl %  function (file:line)"]
-    lines += [f"{100 * c / total:6.2f}  {f}" for f, c in inclusive.most_common(top)]
+    lines = [
+        f"{total} samples, {idle} waiting in select (left out); shares of the {busy} others",
+        "",
+        "self %  function (file)",
+    ]
+    lines += [f"{100 * c / busy:6.2f}  {f}" for f, c in own.most_common(top)]
+    lines += ["", "incl %  function (file)"]
+    lines += [f"{100 * c / busy:6.2f}  {f}" for f, c in inclusive.most_common(top)]
     return "\n".join(lines) + "\n"

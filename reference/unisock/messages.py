@@ -31,7 +31,7 @@ from unisock.errors import (
     UnknownType,
 )
 from unisock.filters import MAX_NODES, FilterError, compile_filter
-from unisock.schemas import SERVER_MESSAGE_TYPES, validator_for
+from unisock.schemas import SERVER_MESSAGE_TYPES, check_for, validator_for
 
 __all__ = [
     "CLIENT_TYPES",
@@ -790,19 +790,20 @@ def parse_client_message(text: str, *, max_filter_nodes: int = MAX_NODES) -> Cli
         # Section 1.5: the schema (step 4) decides first, leaving aside the fields that have
         # their own codes (step 5); the per-type schema gives sharper reasons than the oneOf.
         validator = validator_for(f"messages/{kind}")
+        valid = check_for(f"messages/{kind}")  # a fast yes; errors only when it says no
         if kind == "subscribe" and "filter" in obj:
             # Filter errors all have their own code; the schema sees the filter only after the
             # compiler bounded its depth, so validation never recurses through a deep one.
             rest = {name: value for name, value in obj.items() if name != "filter"}
-            errors = list(validator.iter_errors(rest))
+            errors = [] if valid(rest) else list(validator.iter_errors(rest))
         else:
-            errors = list(validator.iter_errors(obj))
+            errors = [] if valid(obj) else list(validator.iter_errors(obj))
         hard = [error for error in errors if not _has_own_code(obj, error)]
         if hard:
             raise InvalidMessage(_schema_reason(kind, _describe(hard)), request_id=rid)
         _precheck(kind, obj, rid, max_filter_nodes)
         if kind == "subscribe" and "filter" in obj:
-            errors = list(validator.iter_errors(obj))
+            errors = [] if valid(obj) else list(validator.iter_errors(obj))
         if errors:
             raise InvalidMessage(_schema_reason(kind, _describe(errors)), request_id=rid)
         try:

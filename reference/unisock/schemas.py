@@ -10,7 +10,7 @@ which optional format checkers are installed.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any, Final
@@ -20,6 +20,7 @@ from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from unisock.fastschema import compile_schema
 from unisock.resources import SCHEMAS_DIR
 
 __all__ = [
@@ -126,6 +127,18 @@ def validator_for(name: str) -> Draft202012Validator:
 @cache
 def _validator(uri: str) -> Draft202012Validator:
     return Draft202012Validator(schema(uri), registry=registry())
+
+
+def check_for(name: str) -> Callable[[Any], bool]:
+    """A fast yes/no for the schema ``name``: same answers as :func:`validator_for`'s
+    ``is_valid``; callers ask the validator for the errors only when it says no."""
+    return _check(_uri(name))
+
+
+@cache
+def _check(uri: str) -> Callable[[Any], bool]:
+    compiled = compile_schema(schema(uri), _documents(), uri)
+    return compiled if compiled is not None else _validator(uri).is_valid
 
 
 def _pointer(error: ValidationError) -> str:

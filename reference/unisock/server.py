@@ -67,6 +67,9 @@ log = logging.getLogger("unisock.server")
 HIGH_WATER = 64 * 1024
 """Transport buffer size above which frames wait in the connection's own queue."""
 
+BATCH_FRAMES = 16
+"""Frames gathered for one connection in one loop turn before they are written anyway."""
+
 RETRY_AFTER_UNAVAILABLE_MS = 1000
 
 
@@ -92,7 +95,10 @@ class _Conn:
     core: SessionCore
     tenant: str | None = None
     index: dict[str, tuple[str, Any]] = field(default_factory=dict)
-    queue: deque[_Queued] = field(default_factory=deque)
+    queue: deque[_Queued] | None = None
+    """Frames waiting for a slow transport; created when first needed."""
+    out: list[bytes] | None = None
+    """Frames of this loop turn, written together at its end (one system call)."""
     timer: asyncio.TimerHandle | None = None
     closing: bool = False
     writer: asyncio.Task[None] | None = None
@@ -122,20 +128,25 @@ class _Index:
     """Which connections can possibly want an event, so the predicate runs only on those.
 
     Exact subscriptions are indexed by channel key; wildcard ones by scope (tenant, owner,
-    namespace). The delivery predicate still decides for every candidate (UNI-DEL).
+    namespace) and first segment when it is literal, so an event meets only the patterns
+    that start like its channel, however many patterns others hold. The delivery predicate
+    still decides for every candidate (UNI-DEL).
     """
 
     def __init__(self) -> None:
         self.exact: dict[ChannelKey, set[_Conn]] = {}
-        self.scoped: dict[tuple[str | None, str | None, str], set[_Conn]] = {}
+        self.scoped: dict[tuple[str | None, str | None, str, str | None], set[_Conn]] = {}
 
     def add(self, conn: _Conn, action: StartSubscribe) -> None:
         if action.head is not None:
             self.exact.setdefault(action.head, set()).add(conn)
             conn.index[action.pattern.text] = ("exact", action.head)
         else:
-            self.scoped.setdefault(action.scope, set()).add(conn)
-            conn.index[action.pattern.text] = ("scoped", action.scope)
+            tokens = action.pattern.tokens
+            first = tokens[0] if tokens and tokens[0] not in _WILDCARDS else None
+            key = (*action.scope, first)
+            self.scoped.setdefault(key, set()).add(conn)
+            conn.index[action.pattern.text] = ("scoped", key)
 
     def remove(self, conn: _Conn, pattern: str) -> None:
         entry = conn.index.pop(pattern, None)
@@ -158,16 +169,25 @@ class _Index:
 
     def candidates(self, key: ChannelKey) -> Iterable[_Conn]:
         exact = self.exact.get(key)
+        name = key.name
         if key.owner is not None:
             scope: tuple[str | None, str | None, str] = (key.tenant, key.owner, "$me")
+            name = name.partition(".")[2]
         elif key.tenant is None:
             scope = (None, None, "$sys")
+            name = name.partition(".")[2]
         else:
             scope = (key.tenant, None, "tenant")
-        scoped = self.scoped.get(scope)
-        if exact and scoped:
-            return exact | scoped
-        return exact or scoped or ()
+        scoped = self.scoped
+        literal = scoped.get((*scope, name.partition(".")[0]))
+        anywhere = scoped.get((*scope, None))
+        found = [group for group in (exact, literal, anywhere) if group]
+        if len(found) > 1:
+            return set().union(*found)
+        return found[0] if found else ()
+
+
+_WILDCARDS = frozenset({"*", ">"})
 
 
 HttpHandler = Callable[[ServerConnection, Request], "Response | None"]
@@ -200,6 +220,8 @@ class UnisockServer:
         self.http = http
         self.conns: dict[str, _Conn] = {}
         self.index = _Index()
+        self._dirty: list[_Conn] = []
+        """Connections with frames gathered in this loop turn (``_Conn.out``)."""
         self.draining = False
         self._idle = asyncio.Event()
         self._server: Server | None = None
@@ -469,48 +491,68 @@ class UnisockServer:
             return
         now = self.clock()
         view = fanout_view(event)  # predicate work that depends only on the event: once
-        frame: bytes | None = None
+        frame = text_frame(event.frame.encode())  # once per event, for every recipient
         delivered = 0
         # A copy: writing can cut a slow consumer, which removes it from the index (UNI-LIM-8).
         for conn in tuple(candidates):
             core = conn.core
             if conn.closing or not core.accepts(event, now, view):
                 continue
+            delivered += 1
             if core.pending_gaps:
                 # UNI-DEL-19: the epoch_changed gap goes first, through the same queue.
                 self._apply_sync(conn, core.take_gaps())
-            if frame is None:
-                frame = text_frame(event.frame.encode())  # once per event, for every recipient
-            ws = conn.ws
-            transport = ws.transport
-            if (
-                conn.queue
-                or ws.protocol.state is not WsState.OPEN
-                or transport.get_write_buffer_size() >= HIGH_WATER
-            ):
-                self._enqueue(conn, _Queued(frame, event))
+            out = conn.out
+            if out is not None and len(out) < BATCH_FRAMES:
+                out.append(frame)  # writable earlier in this very turn
             else:
-                transport.write(frame)
-            delivered += 1
+                self._send(conn, frame, event)
         if delivered:
             self.metrics.messages_out.inc(delivered)  # one increment per event, not per frame
             self.metrics.deliveries.inc(delivered)
             self.metrics.latency.observe(max(0, self.clock() - event.ts) / 1000)
 
     def _write_event(self, conn: _Conn, frame: bytes, event: StoredEvent) -> None:
-        if conn.queue or not self._writable(conn):
-            self._enqueue(conn, _Queued(frame, event))
-        else:
-            conn.ws.transport.write(frame)
+        self._send(conn, frame, event)
         self.metrics.messages_out.inc()
 
     def _write(self, conn: _Conn, payload: bytes) -> None:
-        frame = text_frame(payload)
-        if conn.queue or not self._writable(conn):
-            self._enqueue(conn, _Queued(frame))
-        else:
-            conn.ws.transport.write(frame)
+        self._send(conn, text_frame(payload))
         self.metrics.messages_out.inc()
+
+    def _send(self, conn: _Conn, frame: bytes, event: StoredEvent | None = None) -> None:
+        """Every frame to a connection goes through here, in order.
+
+        Frames of one loop turn are gathered and written together when the turn ends, so a
+        burst of events costs one system call per connection instead of one per event.
+        """
+        out = conn.out
+        if out is not None:
+            if len(out) < BATCH_FRAMES:
+                out.append(frame)
+                return
+            self._flush_one(conn)
+        if conn.queue or not self._writable(conn):
+            self._enqueue(conn, _Queued(frame, event))
+            return
+        conn.out = [frame]
+        if not self._dirty:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._dirty.append(conn)
+
+    def _flush(self) -> None:
+        """End of the loop turn: write what each connection gathered."""
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            if conn.out is not None:
+                self._flush_one(conn)
+
+    def _flush_one(self, conn: _Conn) -> None:
+        out, conn.out = conn.out, None
+        ws = conn.ws
+        # Nothing may follow a close frame (which websockets may have sent meanwhile).
+        if out and ws.protocol.state is WsState.OPEN:
+            ws.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _writable(self, conn: _Conn) -> bool:
         ws = conn.ws
@@ -524,6 +566,10 @@ class UnisockServer:
         """Queue behind a slow transport; coalesce by key; cut at ``max_queue`` (UNI-LIM)."""
         if conn.closing:
             return
+        if conn.out is not None:
+            self._flush_one(conn)  # gathered frames go first
+        if conn.queue is None:
+            conn.queue = deque()
         event = item.event
         if event is not None and event.record.coalesce_key is not None:
             item = self._coalesce(conn, item, event)
@@ -539,6 +585,7 @@ class UnisockServer:
     def _coalesce(self, conn: _Conn, item: _Queued, event: StoredEvent) -> _Queued:
         """Replace a queued event with the same (channel, key) by this one (UNI-DEL coalescing)."""
         record = event.record
+        assert conn.queue is not None
         for queued in list(conn.queue):
             older = queued.event
             if (
@@ -556,14 +603,16 @@ class UnisockServer:
     async def _drain_queue(self, conn: _Conn) -> None:
         """Write queued frames as the transport drains, in order."""
         ws = conn.ws
+        queue = conn.queue
+        assert queue is not None
         try:
-            while conn.queue and not conn.closing:
+            while queue and not conn.closing:
                 if ws.transport.get_write_buffer_size() >= HIGH_WATER:
                     await ws.drain()
                     continue
                 if ws.protocol.state is not WsState.OPEN:
                     return
-                ws.transport.write(conn.queue.popleft().data)
+                ws.transport.write(queue.popleft().data)
         except (ConnectionClosed, ConnectionError):
             return
 
@@ -572,8 +621,11 @@ class UnisockServer:
     def _close(self, conn: _Conn, code: int, reason: str) -> None:
         if conn.closing:
             return
+        if conn.out is not None:
+            self._flush_one(conn)  # frames the core sent before closing precede the close frame
         conn.closing = True
-        conn.queue.clear()
+        if conn.queue is not None:
+            conn.queue.clear()
         self.metrics.closes.labels(str(code)).inc()
         self.index.drop(conn)
         conn.closer = asyncio.get_running_loop().create_task(self._send_close(conn, code, reason))

@@ -324,6 +324,36 @@ _DELIVERING = (State.OPEN, State.DRAINING)
 class SessionCore:
     """One server-side connection, without I/O (UNI-LC and everything a session enforces)."""
 
+    # One per connection: slots keep idle connections small (``__dict__`` stays available,
+    # created only if something sets an attribute not listed here).
+    __slots__ = (
+        "__dict__",
+        "_active_view",
+        "_bucket",
+        "_clock",
+        "_coalescing",
+        "_created_ms",
+        "_deliver_until",
+        "_drain_deadline_ms",
+        "_drain_window_ms",
+        "_last",
+        "_last_rx_ms",
+        "_next_ping_ms",
+        "_pending_view",
+        "_plain",
+        "_subs",
+        "_system_namespace",
+        "_typed_events",
+        "_warned",
+        "config",
+        "connection_id",
+        "identity",
+        "pending_gaps",
+        "registry",
+        "state",
+        "verifier",
+    )
+
     def __init__(
         self,
         config: ServerConfig,
