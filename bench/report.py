@@ -154,11 +154,12 @@ def ratios(data: dict[str, Any], figs: dict[str, Any]) -> dict[str, float]:
                 out[f"{key} unisock/{peer}"] = round(mine / theirs, 3)
     s1 = "s1-1000" if "s1-1000" in figs else next((k for k in figs if k.startswith("s1-")), None)
     if s1 and "s2" in figs:
-        for peer in figs["s2"]:
-            a = _median(figs, "s2", peer, "cpu_s_per_million")
-            b = _median(figs, s1, peer, "cpu_s_per_million")
-            if a and b:
-                out[f"s2/{s1} {peer}"] = round(a / b, 3)
+        for base in (s1, f"{s1}-1"):
+            for peer in figs["s2"]:
+                a = _median(figs, "s2", peer, "cpu_s_per_million")
+                b = _median(figs, base, peer, "cpu_s_per_million")
+                if a and b:
+                    out[f"s2/{base} {peer}"] = round(a / b, 3)
     return out
 
 
@@ -188,6 +189,11 @@ def targets(figs: dict[str, Any], rat: dict[str, float]) -> list[tuple[str, str,
             TARGETS["s1_vs_pysio"],
         )
         ratio_row("S2 CPU/delivery vs S1 (unisock)", f"s2/{s1} unisock", TARGETS["s2_vs_s1"])
+        ratio_row(
+            "S2 CPU/delivery vs S1 with one event in flight (unisock)",
+            f"s2/{s1}-1 unisock",
+            TARGETS["s2_vs_s1"],
+        )
         single = f"{s1}-1"
         if single in figs:
             for peer, bound in (("socketio", TARGETS["s1_vs_socketio"]), ("floor", 1.15)):
@@ -275,6 +281,13 @@ def markdown(data: dict[str, Any], figs: dict[str, Any], rat: dict[str, float]) 
         "behind, or a delivery was missing). Ratios compare medians of this invocation.",
         "",
     ]
+    if data.get("truncated"):
+        lines += [
+            "Fewer repeats than planned, out of time: "
+            + ", ".join(f"`{k}`" for k in data["truncated"])
+            + ".",
+            "",
+        ]
     if data.get("not_run"):
         lines += [
             "Not run, out of time: " + ", ".join(f"`{k}`" for k in data["not_run"]) + ".",

@@ -61,7 +61,7 @@ def test_suite_runs_every_scenario_and_writes_results_summary_and_plots(tmp_path
     data = json.loads((tmp_path / "suite.json").read_text())
     assert data["size"] == "tiny"
     assert set(data["machine"]) >= MACHINE_FIELDS
-    assert set(data["scenarios"]) == {"s1-4", "s2", "s3", "s4", "s5"}
+    assert set(data["scenarios"]) == {"s1-4", "s1-4-1", "s2", "s3", "s4", "s5"}
     assert set(data["scenarios"]["s1-4"]["peers"]) == {"floor", "unisock"}
     # Filters, tenants and resumption are Unisock's: only Unisock runs scenarios 2 and 5.
     assert set(data["scenarios"]["s2"]["peers"]) == {"unisock"}

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 from typing import ClassVar
 
 __all__ = [
@@ -126,7 +127,42 @@ def _bad_segment(token: str) -> ChannelError:
 
 
 def parse_channel(name: str) -> Channel:
-    """Parse a concrete channel name or raise :class:`ChannelError` (UNI-CH grammar)."""
+    """Parse a concrete channel name or raise :class:`ChannelError` (UNI-CH grammar).
+
+    Results are immutable and shared: a name parsed again, by another connection or for
+    another event, costs a dictionary lookup and no memory.
+    """
+    if type(name) is str:
+        return _cached_channel(name)
+    return _parse_channel(name)
+
+
+def parse_pattern(text: str) -> Pattern:
+    """Parse a subscription/grant pattern or raise :class:`ChannelError` (UNI-CH grammar).
+
+    ``*`` is one whole segment, ``>`` one or more trailing segments and only last. Results
+    are immutable and shared, as :func:`parse_channel`'s.
+    """
+    if type(text) is str:
+        return _cached_pattern(text)
+    return _parse_pattern(text)
+
+
+_PARSED_CACHE = 16_384
+"""Distinct names and patterns kept parsed (a bound: publishers choose channel names)."""
+
+
+@lru_cache(maxsize=_PARSED_CACHE)
+def _cached_channel(name: str) -> Channel:
+    return _parse_channel(name)
+
+
+@lru_cache(maxsize=_PARSED_CACHE)
+def _cached_pattern(text: str) -> Pattern:
+    return _parse_pattern(text)
+
+
+def _parse_channel(name: str) -> Channel:
     namespace, segments = _split(name, "channel")
     for segment in segments:
         if _SEGMENT.fullmatch(segment) is None:
@@ -134,11 +170,7 @@ def parse_channel(name: str) -> Channel:
     return Channel(name, namespace, tuple(segments))
 
 
-def parse_pattern(text: str) -> Pattern:
-    """Parse a subscription/grant pattern or raise :class:`ChannelError` (UNI-CH grammar).
-
-    ``*`` is one whole segment, ``>`` one or more trailing segments and only last.
-    """
+def _parse_pattern(text: str) -> Pattern:
     namespace, tokens = _split(text, "pattern")
     last = len(tokens) - 1
     wildcard = False
