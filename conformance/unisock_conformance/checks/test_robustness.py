@@ -13,12 +13,14 @@ import base64
 import hashlib
 import hmac
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from unisock_conformance.checks.conftest import Connect, User
 from unisock_conformance.deployment import Deployment, Names, require_secret
+from unisock_conformance.hostile import stream
 from unisock_conformance.wire import Conn
 
 Frame = dict[str, Any]
@@ -276,3 +278,89 @@ def test_server_compares_filter_numbers_as_binary64(
         f"{'delivered' if got else 'not delivered'}, expected "
         f"{'delivery' if delivered else 'none'} (numbers compare as binary64)"
     )
+
+
+# --- a seeded stream of hostile messages, derived from the schemas and the grammars ----------
+
+
+def _reply_to(ident: str | None) -> Callable[[Frame], bool]:
+    """The reply echoing ``ident``; with None, the next ``error`` that carries no ``id``."""
+    if ident is None:
+        return lambda f: f.get("type") == "error" and "id" not in f
+    return lambda f: f.get("id") == ident and f.get("type") != "ping"
+
+
+def _stream(user: User, names: Names, deployment: Deployment, profile: str, category: str) -> None:
+    """Send the category's cases one by one; each gets exactly its required answer, the
+    connection stays open throughout, and a fresh connection is served afterwards."""
+    count = 15 if profile == "quick" else 60
+    conn = user(names.tenant(), names.user())
+    for case in stream(deployment.seed, category, count):
+        conn.send(case.text)
+        reply = conn.expect(None, where=_reply_to(case.echo))
+        wanted = sorted(case.codes) or ["pong"]
+        got = reply.get("code", reply.get("type"))
+        assert got in wanted, (
+            f"{category} (seed {deployment.seed}): {case.text[:160]!r} got {reply}, "
+            f"expected {' or '.join(wanted)}"
+        )
+        if case.echo is None:
+            assert "id" not in reply, f"{category}: no id is readable, yet {reply} has one"
+    _ping(conn)
+    _serves(user, names)
+
+
+@pytest.mark.requirement("UNI-TR-16", "UNI-TR-25", "UNI-ERR-5")
+def test_server_answers_a_seeded_stream_of_truncated_messages(
+    user: User, names: Names, deployment: Deployment, profile: str
+) -> None:
+    _stream(user, names, deployment, profile, "truncated")
+
+
+@pytest.mark.requirement("UNI-TR-29", "UNI-TR-30", "UNI-TR-31", "UNI-TR-25")
+def test_server_answers_a_seeded_stream_of_values_beyond_the_json_limits(
+    user: User, names: Names, deployment: Deployment, profile: str
+) -> None:
+    _stream(user, names, deployment, profile, "limits")
+
+
+@pytest.mark.requirement("UNI-TR-17", "UNI-TR-25")
+def test_server_answers_a_seeded_stream_of_non_object_messages(
+    user: User, names: Names, deployment: Deployment, profile: str
+) -> None:
+    _stream(user, names, deployment, profile, "not-object")
+
+
+@pytest.mark.requirement("UNI-TR-18", "UNI-TR-25")
+def test_server_answers_a_seeded_stream_of_unknown_types(
+    user: User, names: Names, deployment: Deployment, profile: str
+) -> None:
+    _stream(user, names, deployment, profile, "unknown-type")
+
+
+@pytest.mark.requirement("UNI-TR-19", "UNI-TR-26", "UNI-PUB-39", "UNI-ERR-1")
+def test_server_answers_a_seeded_stream_of_schema_violations(
+    user: User, names: Names, deployment: Deployment, profile: str
+) -> None:
+    _stream(user, names, deployment, profile, "schema")
+
+
+@pytest.mark.requirement("UNI-CH-3", "UNI-PUB-2", "UNI-TR-26")
+def test_server_answers_a_seeded_stream_of_channels_outside_the_grammar(
+    user: User, names: Names, deployment: Deployment, profile: str
+) -> None:
+    _stream(user, names, deployment, profile, "channel")
+
+
+@pytest.mark.requirement("UNI-SUB-17", "UNI-SUB-18", "UNI-TR-26")
+def test_server_answers_a_seeded_stream_of_filters_outside_the_grammar(
+    user: User, names: Names, deployment: Deployment, profile: str
+) -> None:
+    _stream(user, names, deployment, profile, "filter")
+
+
+@pytest.mark.requirement("UNI-TR-20")
+def test_server_ignores_a_seeded_stream_of_unknown_members(
+    user: User, names: Names, deployment: Deployment, profile: str
+) -> None:
+    _stream(user, names, deployment, profile, "unknown-member")
