@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ROOT", "TARGETS", "Target", "client_target"]
+__all__ = ["ROOT", "TARGETS", "Target", "client_target", "server_target"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,6 +85,46 @@ def client_target(modules: tuple[str, ...] = ("reference/unisock/client.py",)) -
     )
 
 
+# -- the server suite against the reference server --------------------------------------------
+
+SERVER_MODULES = (
+    "reference/unisock/session.py",
+    "reference/unisock/server.py",
+    "reference/unisock/memory_broker.py",
+    "reference/unisock/auth.py",
+)
+
+
+def _server_command(units: Sequence[str] | None, scale: float) -> list[str]:
+    command = [_python(), "-m", "tests.mutation.server_suite", "--time-scale", str(scale)]
+    if units is None:
+        return [*command, "--all"]
+    for unit in units:
+        command += ["-k", unit]
+    return command
+
+
+def _server_units(scale: float) -> list[str]:
+    from tests.mutation.server_suite import UNITS
+
+    return list(UNITS)
+
+
+def server_target(modules: tuple[str, ...] = SERVER_MODULES) -> Target:
+    """The reference server (in-memory broker), judged by the quick server suite; a unit is
+    one check module, run against a server started from the mutated package."""
+    return Target(
+        name="server",
+        package="reference/unisock",
+        modules=modules,
+        command=_server_command,
+        timeout_s=300.0,
+        units=_server_units,
+        suite=("conformance", "tests/mutation"),
+    )
+
+
 TARGETS: dict[str, Callable[[], Target]] = {
     "client": client_target,
+    "server": server_target,
 }

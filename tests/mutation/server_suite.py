@@ -1,0 +1,125 @@
+"""``python -m tests.mutation.server_suite [--time-scale X] [-k UNIT]...``: the quick server
+suite against a reference server started from whatever ``unisock`` is first on the path.
+
+The mutation runner puts a mutated copy of the package first on ``PYTHONPATH``; this
+launcher starts ``unisock serve`` from it with the conformance configuration
+(``conformance/reference-server.toml``), its drain and reset commands and the coalescing
+channel, exactly as the project's own conformance run does, then runs the quick profile
+with a fixed seed and exits with the suite's status (0: every MUST that ran passed).
+
+A unit is a check module (``test_resume``); the run stops at the first failing check. A
+check that fails without failing the run (a SHOULD) would stop it early, so such a run is
+repeated in full, and its status is the full run's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["UNITS", "keyword", "main"]
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "conformance" / "reference-server.toml"
+CHECKS = ROOT / "conformance" / "unisock_conformance" / "checks"
+SECRET = "mutation-campaign-secret-0123456789abcdef"
+SEED = "1"
+STARTUP_S = 30.0
+STOP_S = 20.0
+
+UNITS: tuple[str, ...] = tuple(sorted(p.stem for p in CHECKS.glob("test_*.py")))
+"""The server suite's check modules."""
+
+
+def keyword(units: Sequence[str]) -> str:
+    """A ``-k`` expression selecting exactly the checks of these modules.
+
+    ``-k`` matches substrings of names, so a module whose name contains another's
+    (``test_coalescing`` in ``test_coalescing_limits``) is excluded explicitly.
+    """
+    parts = []
+    for unit in units:
+        longer = [other for other in UNITS if other != unit and unit in other]
+        parts.append(f"({unit} and not ({' or '.join(longer)}))" if longer else unit)
+    return " or ".join(parts)
+
+
+def _ready_url(proc: subprocess.Popen[str], timeout: float) -> str:
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            return ""
+    line = proc.stdout.readline()
+    return line.rsplit(" on ", 1)[1].strip() if " on ws://" in line else ""
+
+
+def _suite(url: str, pid: int, scale: float, units: Sequence[str] | None, first: bool) -> int:
+    """One in-process run of the server suite; exit status (with ``first``: stop early)."""
+    import pytest
+
+    from unisock_conformance.runner import build_parser, pytest_args
+
+    with tempfile.TemporaryDirectory(prefix="unisock-mutation-report-") as reports:
+        argv = ["server", url, "--secret", SECRET, "--profile", "quick"]
+        argv += ["--seed", SEED, "--time-scale", str(scale), "--report-dir", reports]
+        argv += ["--drain-command", f"kill -TERM {pid}", "--reset-command", f"kill -HUP {pid}"]
+        argv += ["--coalescing-channel", "coal.test"]
+        if units is not None:
+            argv += ["-k", keyword(units) if units else "<no unit>"]
+        args = build_parser().parse_args(argv)
+        status = int(pytest.main([*pytest_args(args), *(["-x"] if first else [])]))
+        report = Path(reports) / "report.json"
+        tests = json.loads(report.read_text("utf-8")).get("tests", []) if report.exists() else []
+    if first and status == 0 and any(t.get("outcome") == "fail" for t in tests):
+        return -1  # stopped early on a check that does not fail the run: run in full
+    return status
+
+
+def _run(scale: float, units: Sequence[str] | None, first: bool) -> int:
+    command = [sys.executable, "-c", "from unisock.cli import main; main()", "serve"]
+    command += ["--port", "0", "--secret", SECRET, "--config", str(CONFIG)]
+    command += ["--log-level", "CRITICAL"]
+    proc = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        url = _ready_url(proc, STARTUP_S * scale)
+        if not url:
+            print("the server did not start", file=sys.stderr)
+            return 3
+        return _suite(url, proc.pid, scale, units, first)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # a clean exit writes the server's coverage data
+            try:
+                proc.wait(timeout=STOP_S * scale)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.mutation.server_suite")
+    parser.add_argument("--time-scale", type=float, default=2.0)
+    parser.add_argument("-k", dest="units", action="append", choices=UNITS)
+    parser.add_argument("--all", action="store_true", help="run the whole suite")
+    args = parser.parse_args(argv)
+    units = None if args.all else (args.units or [])
+    os.environ.setdefault("UNISOCK_TIME_SCALE", str(args.time_scale))
+    status = _run(args.time_scale, units, first=True)
+    if status == -1:
+        status = _run(args.time_scale, units, first=False)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
