@@ -6,6 +6,9 @@ launcher starts ``unisock serve`` from it with the conformance configuration
 (``conformance/reference-server.toml``), its drain and reset commands and the coalescing
 channel, exactly as the project's own conformance run does, then runs the quick profile
 with a fixed seed and exits with the suite's status (0: every MUST that ran passed).
+A campaign runs niced beside other work, so the server's heartbeat is slower than in that
+configuration (``HEARTBEAT``): a starved test client must not be cut as a dead peer, which
+would kill a mutant for nothing. The suite reads the timers from ``welcome`` either way.
 
 A unit is a check module (``test_resume``); the run stops at the first failing check. A
 check that fails without failing the run (a SHOULD) would stop it early, so such a run is
@@ -34,6 +37,7 @@ SECRET = "mutation-campaign-secret-0123456789abcdef"
 SEED = "1"
 STARTUP_S = 30.0
 STOP_S = 20.0
+HEARTBEAT = {"heartbeat_interval_ms": 1000, "heartbeat_timeout_ms": 2000}
 
 UNITS: tuple[str, ...] = tuple(sorted(p.stem for p in CHECKS.glob("test_*.py")))
 """The server suite's check modules."""
@@ -84,9 +88,25 @@ def _suite(url: str, pid: int, scale: float, units: Sequence[str] | None, first:
     return status
 
 
+def _config(folder: Path) -> Path:
+    """The conformance configuration with the campaign's heartbeat."""
+    lines = []
+    for line in CONFIG.read_text("utf-8").splitlines():
+        name = line.split("=", 1)[0].strip()
+        lines.append(f"{name} = {HEARTBEAT[name]}" if name in HEARTBEAT else line)
+    path = folder / "server.toml"
+    path.write_text("\n".join(lines) + "\n", "utf-8")
+    return path
+
+
 def _run(scale: float, units: Sequence[str] | None, first: bool) -> int:
+    with tempfile.TemporaryDirectory(prefix="unisock-mutation-server-") as folder:
+        return _serve_and_judge(_config(Path(folder)), scale, units, first)
+
+
+def _serve_and_judge(config: Path, scale: float, units: Sequence[str] | None, first: bool) -> int:
     command = [sys.executable, "-c", "from unisock.cli import main; main()", "serve"]
-    command += ["--port", "0", "--secret", SECRET, "--config", str(CONFIG)]
+    command += ["--port", "0", "--secret", SECRET, "--config", str(config)]
     command += ["--log-level", "CRITICAL"]
     proc = subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
