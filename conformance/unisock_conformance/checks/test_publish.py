@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from unisock_conformance.checks.conftest import User
-from unisock_conformance.deployment import Names, ServerInfo, not_applicable, not_run
+from unisock_conformance.deployment import Deployment, Names, ServerInfo, not_applicable, not_run
 from unisock_conformance.oracle import json_equal
+from unisock_conformance.timing import require_time
 from unisock_conformance.wire import Conn
 
 Frame = dict[str, Any]
@@ -710,4 +711,38 @@ def test_server_charges_no_publish_token_for_other_messages(
     kinds = [r["type"] if r["type"] != "error" else r["code"] for r in replies]
     assert kinds == ["ack"] * burst, (
         f"a burst of {burst} publishes after {len(others)} other messages: {kinds}"
+    )
+
+
+# -- the dedup window on both sides --------------------------------------------------------------
+
+
+@pytest.mark.requirement("UNI-PUB-21", "UNI-PUB-28")
+@pytest.mark.timing
+def test_server_recognises_a_duplicate_until_dedup_window_ms_and_sequences_it_after(
+    user: User, deployment: Deployment, server_info: ServerInfo, names: Names
+) -> None:
+    """A retry shortly before ``dedup_window_ms`` has passed is a duplicate; a retry once
+    it has passed (plus the timer tolerance) is a new event (section 6.6)."""
+    window_s = server_info.dedup_window_ms / 1000
+    tolerance = deployment.timeout(0.25)
+    if window_s <= 2 * tolerance:
+        not_run(f"dedup_window_ms {window_s * 1000:.0f} leaves no room for the timer tolerance")
+    require_time(deployment, window_s + 2 * tolerance, "dedup_window_ms")
+    tenant, channel = names.tenant(), names.channel()
+    alice = user(tenant, names.user())
+    mid = names.message_id()
+    first = alice.publish(channel, message_id=mid)
+    sent = time.monotonic()  # the original was sequenced before this moment
+    alice.closed.wait(max(0.0, window_s - tolerance - (time.monotonic() - sent)))
+    inside = alice.publish(channel, message_id=mid)
+    assert inside["duplicate"] is True and inside["offset"] == first["offset"], (
+        f"UNI-PUB-21: a retry {time.monotonic() - sent:.2f} s after the original, inside "
+        f"dedup_window_ms {window_s * 1000:.0f}, was not a duplicate: {inside}"
+    )
+    alice.closed.wait(max(0.0, window_s + tolerance - (time.monotonic() - sent)))
+    outside = alice.publish(channel, message_id=mid)
+    assert outside["duplicate"] is False and outside["offset"] == first["offset"] + 1, (
+        f"a retry {time.monotonic() - sent:.2f} s after the original, past dedup_window_ms "
+        f"{window_s * 1000:.0f}, is a new event: {outside}"
     )

@@ -6,12 +6,14 @@ check put there and the expected replay can be computed from the acks.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
 from unisock_conformance.checks.conftest import User
-from unisock_conformance.deployment import Names, ServerInfo, not_run
+from unisock_conformance.deployment import Deployment, Names, ServerInfo, not_run
+from unisock_conformance.timing import require_time
 from unisock_conformance.wire import Conn
 
 Frame = dict[str, Any]
@@ -392,4 +394,41 @@ def test_server_gaps_a_since_that_reaches_an_evicted_event_and_never_replays_par
     assert got == want, (
         f"UNI-DEL-17: since {since} replayed offsets {got[:3]}..{got[-2:]} without a gap; "
         f"every event with ts >= since is {want[:3]}..{want[-2:]}"
+    )
+
+
+@pytest.mark.requirement("UNI-DEL-22", "UNI-DEL-15", "UNI-DEL-17")
+@pytest.mark.timing
+@pytest.mark.parametrize("resume", ["from", "since"])
+def test_server_retains_events_until_history_max_age_ms(
+    user: User, deployment: Deployment, server_info: ServerInfo, names: Names, resume: str
+) -> None:
+    """Events younger than ``history.max_age_ms`` (less the timer tolerance) are replayed."""
+    max_age_s = int(server_info.history.get("max_age_ms", 0)) / 1000
+    tolerance = deployment.timeout(0.25)
+    if max_age_s <= 2 * tolerance:
+        not_run(f"history.max_age_ms {max_age_s * 1000:.0f} leaves no room for the tolerance")
+    require_time(deployment, max_age_s, "history.max_age_ms")
+    tenant, base = names.tenant(), names.channel()
+    channel = f"{base}.x"
+    witness = user(tenant, names.user(0))
+    witness.subscribe(channel)
+    alice = user(tenant, names.user(1))
+    started = time.monotonic()  # no later than the first event is sequenced
+    acks = [alice.publish(channel, data={"i": i}) for i in range(3)]
+    first = witness.wait_events(lambda e: e["channel"] == channel and e["offset"] == 1)[0]
+    alice.closed.wait(max(0.0, max_age_s - tolerance - (time.monotonic() - started)))
+    bob = user(tenant, names.user(2))
+    bob.subscribe(
+        f"{base}.*",
+        from_={channel: {"epoch": first["epoch"], "offset": 0}} if resume == "from" else None,
+        since=first["ts"] if resume == "since" else None,
+    )
+    live = alice.publish(channel)
+    frames = _channel_frames(bob, channel, live["offset"])
+    got = [(f["type"], f["offset"]) for f in frames]
+    want = [("event", a["offset"]) for a in [*acks, live]]
+    assert got == want, (
+        f"events {time.monotonic() - started:.2f} s old, younger than history.max_age_ms "
+        f"{max_age_s * 1000:.0f}, were not all replayed: {got}"
     )
