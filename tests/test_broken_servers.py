@@ -50,6 +50,8 @@ Expected catches, variant -> check (requirement):
 - repeat_failure_unavailable -> test_server_delivers_data_at_the_nesting_limit_and_refuses_
   deeper_data (UNI-TR-29, UNI-ERR-10)
 - filter_exact_integers -> test_server_compares_filter_numbers_as_binary64 (UNI-SUB-20)
+- dedup_survives_reset -> test_server_sequences_a_retry_of_an_event_of_a_lost_epoch_as_a_new_
+  event (UNI-PUB-21, UNI-PUB-28); the suite resets the variant's history with SIGHUP
 - position_invalid_at_head, position_past_head_accepted -> test_server_treats_a_from_offset_up_
   to_the_head_as_valid_and_one_past_it_as_invalid (UNI-DEL-15)
 - replay_ignores_filter, replay_ignores_targeting -> test_server_replays_only_events_the_
@@ -157,6 +159,8 @@ def _run(variant: str, keyword: str) -> Run:
                     str(SCALE),
                     "--report-dir",
                     reports,
+                    "--reset-command",
+                    f"kill -HUP {proc.pid}",
                     "-k",
                     keyword,
                 ],

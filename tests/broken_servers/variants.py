@@ -259,6 +259,23 @@ def dedup_ignored() -> None:
     _replace(MemoryBroker, "find_duplicate", find_duplicate)
 
 
+def dedup_survives_reset() -> None:
+    """Losing the history keeps the dedup records: a retry in the new epoch of an old event's
+    ``message_id`` is acknowledged as a duplicate of the lost event."""
+
+    def make(original: Any) -> Any:
+        def reset(self: MemoryBroker) -> str:
+            kept, expiry = dict(self._dedup), list(self._dedup_expiry)
+            epoch: str = original(self)
+            self._dedup.update(kept)
+            self._dedup_expiry.extend(expiry)
+            return epoch
+
+        return reset
+
+    _wrap_method(MemoryBroker, "reset", make)
+
+
 def offsets_skip() -> None:
     """Every publish after the first skips one offset: 1, 3, 5..."""
 
@@ -685,6 +702,7 @@ VARIANTS: dict[str, Variant] = {
         _v(since_dropped_with_from, "resumes_from_entries_by_position", "UNI-DEL-17"),
         _v(since_gap_exclusive, "since_that_reaches_an_evicted", "UNI-DEL-17"),
         _v(dedup_ignored, "duplicate_with_the_original_position", "UNI-PUB-21"),
+        _v(dedup_survives_reset, "retry_of_an_event_of_a_lost_epoch", "UNI-PUB-21", "UNI-PUB-28"),
         _v(offsets_skip, "contiguous_offsets", "UNI-PUB-28", "UNI-DEL-7"),
         _v(to_ignored, "targeted_event_only_to_listed_users", "UNI-PUB-10"),
         _v(exclude_ignored, "never_delivers_to_excluded_users", "UNI-PUB-11"),

@@ -44,6 +44,8 @@ class Episode:
     live: list[Frame] = field(default_factory=list)
     """The subscriber's events and gaps of the channel, up to the first new-epoch event."""
     resume_gap: Frame | None = None
+    retry: Frame | None = None
+    """The reply to a publish, in the new epoch, reusing the old-epoch event's message_id."""
     problems: dict[str, str] = field(default_factory=dict)
     """``"reset"``, ``"live"`` or ``"resume"``: what went wrong in that part."""
 
@@ -126,6 +128,13 @@ def reset_episode(deployment: Deployment, server_info: ServerInfo) -> Iterator[E
         after = episode.after
         if after is not None:
             _observe_live(episode, subscriber, after)
+            retry = publisher.publish_message(
+                channel, "epoch.before", message_id=before["message_id"]
+            )
+            try:
+                episode.retry = publisher.request(retry)
+            except (AssertionError, OSError) as error:
+                episode.problems["retry"] = str(error)
         _observe_resume(episode, deployment, deadline, lambda: conn(2), before)
         yield episode
     finally:
@@ -224,3 +233,23 @@ def test_server_sends_epoch_changed_gap_before_the_first_event_of_a_new_epoch(
     later = earlier[earlier.index(gap) + 1 :]
     assert later == [], f"frames of {episode.channel} between the gap and its event: {later}"
     assert event["epoch"] == new_epoch
+
+
+@pytest.mark.requirement("UNI-PUB-21", "UNI-PUB-28", "UNI-DEL-8")
+def test_server_sequences_a_retry_of_an_event_of_a_lost_epoch_as_a_new_event(
+    reset_episode: Episode,
+) -> None:
+    """A duplicate is a repeat within the channel's current epoch (section 6.6): after the
+    history was lost, a publish reusing an old event's ``message_id`` is a new event."""
+    episode = reset_episode
+    if "reset" in episode.problems or episode.after is None:
+        pytest.skip(f"{NOT_RUN_PREFIX} the reset started no new epoch (graded by UNI-DEL-8)")
+    assert "retry" not in episode.problems, episode.problems["retry"]
+    retry, after = episode.retry, episode.after
+    assert retry is not None
+    assert retry.get("type") == "ack", f"the retry was refused: {retry}"
+    assert retry["duplicate"] is False and retry["epoch"] == after["epoch"], (
+        f"a publish reusing the message_id of an event of the lost epoch was taken for a "
+        f"duplicate of it: {retry}"
+    )
+    assert retry["offset"] > after["offset"], retry
