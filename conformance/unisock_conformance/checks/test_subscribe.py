@@ -385,6 +385,35 @@ def test_server_confirms_unsubscribe_with_reason_requested(
     assert _sub(conn, pattern)["type"] == "subscribed", "the pattern is still active"
 
 
+@pytest.mark.requirement("UNI-TR-27", "UNI-TR-26", "UNI-SUB-12", "UNI-SUB-14")
+@pytest.mark.parametrize("resume", [False, True], ids=["plain", "resuming"])
+def test_server_answers_a_pipelined_subscribe_then_unsubscribe_in_order(
+    user: User, names: Names, resume: bool
+) -> None:
+    """An ``unsubscribe`` sent right behind its ``subscribe`` (before ``subscribed`` arrived)
+    is processed after it: ``subscribed``, then ``unsubscribed``, then no event of it."""
+    tenant, base = names.tenant(), names.channel()
+    channel, fence = f"{base}.x", f"{base}.fence"
+    alice, bob = user(tenant, names.user(0)), user(tenant, names.user(1))
+    ack = alice.publish(channel)
+    bob.subscribe(fence)
+    message: Frame = {"type": "subscribe", "id": "s-pipe", "channel": channel}
+    if resume:
+        message["from"] = {channel: {"epoch": ack["epoch"], "offset": 0}}
+    bob.send(message)
+    bob.send({"type": "unsubscribe", "id": "u-pipe", "channel": channel})
+    first = bob.expect(None, where=lambda f: f.get("id") in ("s-pipe", "u-pipe"))
+    second = bob.expect(None, where=lambda f: f.get("id") in ("s-pipe", "u-pipe"))
+    assert (first.get("type"), first.get("id")) == ("subscribed", "s-pipe"), (first, second)
+    assert (second.get("type"), second.get("id")) == ("unsubscribed", "u-pipe"), (first, second)
+    alice.publish(channel)
+    last = alice.publish(fence)
+    _arrived(bob, fence, last["offset"])
+    cut = bob.frames.index(second)
+    late = [f for f in bob.frames[cut:] if f.get("type") == "event" and f["channel"] == channel]
+    assert late == [], f"events of {channel} after its unsubscribed: {late}"
+
+
 @pytest.mark.requirement("UNI-SUB-13", "UNI-ERR-6")
 def test_server_refuses_unsubscribe_of_inactive_pattern_with_not_subscribed(
     user: User, names: Names
