@@ -432,3 +432,41 @@ def test_server_retains_events_until_history_max_age_ms(
         f"events {time.monotonic() - started:.2f} s old, younger than history.max_age_ms "
         f"{max_age_s * 1000:.0f}, were not all replayed: {got}"
     )
+
+
+@pytest.mark.requirement("UNI-DEL-17", "UNI-DEL-15", "UNI-CH-13")
+@pytest.mark.parametrize(
+    "namespace", [pytest.param("$sys", marks=pytest.mark.feature("system_namespace")), "$me"]
+)
+def test_server_resumes_a_pattern_of_another_namespace_by_since_and_by_position(
+    user: User, names: Names, namespace: str
+) -> None:
+    """Resume by time and by position works in the ``$sys`` and ``$me`` namespaces as in
+    the tenant's: the matched channels of that namespace are replayed."""
+    tenant, base = names.tenant(), names.channel()
+    prefix = f"{namespace}.{base}"
+    a, b = f"{prefix}.a", f"{prefix}.b"
+    if namespace == "$sys":
+        publisher = user(tenant, names.user(0), publish=("$sys.>",), broadcaster=True)
+        grants: tuple[str, ...] = ("$sys.>",)
+        owner: dict[str, Any] = {}
+    else:
+        publisher = user(tenant, names.user(0), publish=("$me.>",), broadcaster=True)
+        grants = ("$me.>",)
+        owner = {"user": names.user(1)}
+    acks = [publisher.publish(ch, data={"i": i}, **owner) for i, ch in enumerate([a, b, a, b])]
+    witness = user(
+        names.tenant(1) if namespace == "$sys" else tenant, names.user(1), subscribe=grants
+    )
+    witness.subscribe(f"{prefix}.*", from_={a: {"epoch": acks[0]["epoch"], "offset": 0}})
+    fence = publisher.publish(a, **owner)
+    got_a = [(f["type"], f["offset"]) for f in _channel_frames(witness, a, fence["offset"])]
+    assert got_a == [("event", 1), ("event", 2), ("event", fence["offset"])], got_a
+    since = min(e["ts"] for e in witness.events(a))
+    bob = user(tenant, names.user(1), subscribe=grants)
+    bob.subscribe(f"{prefix}.*", since=since)
+    fence_b = publisher.publish(b, **owner)
+    got_b = [(f["type"], f["offset"]) for f in _channel_frames(bob, b, fence_b["offset"])]
+    assert got_b == [("event", 1), ("event", 2), ("event", fence_b["offset"])], (
+        f"since {since} on {prefix}.* replays {b}: {got_b}"
+    )
