@@ -367,6 +367,11 @@ class _StormGroup:
         self.shared.connected[self.slot] = self.count
 
 
+def _orphaned(parent: int) -> bool:
+    """The driver went away without stopping us (killed): stop too."""
+    return os.getppid() != parent
+
+
 def client_main(
     port: int,
     wire: str,
@@ -403,6 +408,7 @@ async def _clients(
     limit = asyncio.Semaphore(64)
     control = shared.control
     report: dict[str, Any] = {}
+    parent = os.getppid()
     if wire == "unisock":  # signing is the client's work: not inside the measured ramp
         for tenant, sub, subs in specs:
             token(tenant, sub, subscribe=[channel for channel, _ in subs])
@@ -416,7 +422,7 @@ async def _clients(
         shared.ramp[2 * slot + 1] = time.monotonic()
         shared.ready[slot] = 1
         dropped = 0
-        while not control[0]:
+        while not control[0] and not _orphaned(parent):
             if control[1] != dropped:
                 dropped = control[1]
                 for storm in storms:  # every connection at once, as a network failure would
@@ -455,7 +461,7 @@ async def _clients(
         shared.ramp[2 * slot + 1] = time.monotonic()
         shared.connected[slot] = len(conns)
         shared.ready[slot] = 1
-        while not control[0]:
+        while not control[0] and not _orphaned(parent):
             await asyncio.sleep(0.02)
         report = {"samples": probe.samples, "cross_tenant": probe.cross_tenant}
     results.send(report)
@@ -575,7 +581,8 @@ async def _publish(
     sent = 0
     start = time.monotonic()
     stop[1] = 0
-    while not stop[0] and (count is None or sent < count):
+    parent = os.getppid()
+    while not stop[0] and (count is None or sent < count) and not _orphaned(parent):
         due = int((time.monotonic() - start) * rate) - sent
         if count is not None:
             due = min(due, count - sent)
@@ -606,5 +613,5 @@ async def _publish(
     stop[1] = sent
     await asyncio.sleep(0.2)
     results.send({"published": published, "sent": sent, "elapsed_s": time.monotonic() - start})
-    while not stop[0]:
+    while not stop[0] and not _orphaned(parent):
         await asyncio.sleep(0.02)

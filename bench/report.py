@@ -272,7 +272,12 @@ def markdown(data: dict[str, Any], figs: dict[str, Any], rat: dict[str, float]) 
         f"Measured {data['date']} on {m['cpu_model']} ({m['usable_cores']} cores; the server "
         f"pinned to core {data['server_cores']}, the load generators on {data['client_cores']}). "
         f"Versions: {versions}. One-minute load average before the runs: "
-        + (f"{min(loads):.2f} to {max(loads):.2f}." if loads else "n/a."),
+        + (f"{min(loads):.2f} to {max(loads):.2f}" if loads else "n/a")
+        + (
+            " — the machine was busy with other work, so the figures are indicative only."
+            if loads and max(loads) > m.get("cpu_count", 1)
+            else " (a quiet machine)."
+        ),
         "",
         f"Size `{data['size']}`, {_repeats(data)}; each cell is the "
         "median of the valid runs, with the lowest and highest in brackets. Server CPU is the "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
 import sys
 from typing import Any
 
@@ -116,7 +117,11 @@ async def _main(kind: str, config: dict[str, Any]) -> None:
     else:
         raise SystemExit(f"unknown server kind {kind!r}")
     print(f"PORT {port}", flush=True)
-    await asyncio.Event().wait()
+    # The driver holds our stdin: when it goes away, however it ends, so does this server.
+    gone = asyncio.Event()
+    asyncio.get_running_loop().add_reader(sys.stdin.fileno(), gone.set)
+    await gone.wait()
+    os._exit(0)
 
 
 def main(argv: list[str]) -> None:

@@ -227,6 +227,7 @@ class Server:
         cores = env.server_cores
         self.process = subprocess.Popen(
             peer.command(config),
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             cwd=ROOT.parent,

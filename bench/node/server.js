@@ -10,6 +10,10 @@ const kind = process.argv[2];
 
 function ready(port) {
   process.stdout.write(`PORT ${port}\n`);
+  // The driver holds our stdin: when it goes away, however it ends, so does this server.
+  process.stdin.on("end", () => process.exit(0));
+  process.stdin.on("close", () => process.exit(0));
+  process.stdin.resume();
 }
 
 if (kind === "socketio") {
