@@ -74,6 +74,10 @@ BATCH_FRAMES = 16
 RETRY_AFTER_UNAVAILABLE_MS = 1000
 
 
+INBOUND_BUDGET = 8
+"""Messages one connection may have handled in a row before the reader yields to others."""
+
+
 def now_ms() -> int:
     """Wall-clock milliseconds: offsets' timestamps and token expiry are wall-clock based."""
     return time.time_ns() // 1_000_000
@@ -321,6 +325,7 @@ class UnisockServer:
         conn = _Conn(ws, core)
         self.conns[core.connection_id] = conn
         self._schedule(conn)
+        budget = INBOUND_BUDGET
         try:
             async for message in ws:
                 self.metrics.messages_in.inc()
@@ -332,6 +337,12 @@ class UnisockServer:
                 if conn.closing:
                     break
                 self._schedule(conn)
+                budget -= 1
+                if budget == 0:
+                    # Buffered messages are read without suspending: a flooding peer would
+                    # hold the loop. After a few, every other connection gets its turn.
+                    budget = INBOUND_BUDGET
+                    await asyncio.sleep(0)
         except ConnectionClosed:
             pass
         except Exception as failure:

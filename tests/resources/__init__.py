@@ -1,0 +1,1 @@
+"""Resource bounds under attack: a server process, attackers, and a latency probe."""
