@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import sys
@@ -163,6 +164,169 @@ def new_message_id_on_retry() -> None:
     client_module.Client._send = send  # type: ignore[method-assign]
 
 
+def pings_only_liveness() -> None:
+    """Only pings renew the silence deadline: a quiet but live server looks dead."""
+
+    async def read_loop(
+        self: client_module.Client, ws: Any, heartbeat: client_module.HeartbeatParams
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._seconds(heartbeat.silence_ms)
+        while True:
+            try:
+                raw = await asyncio.wait_for(ws.recv(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                await self._abort(ws, client_module.CloseInfo(1006, "heartbeat_timeout", True))
+                return
+            msg = client_module._decode(raw)
+            if msg is None:
+                continue
+            if msg.get("type") == "ping":
+                deadline = loop.time() + self._seconds(heartbeat.silence_ms)
+            await self._dispatch(ws, msg)
+
+    client_module.Client._read_loop = read_loop  # type: ignore[method-assign]
+
+
+def drain_at_window_end() -> None:
+    """Leaves a draining server always at the end of window_ms: every client at once."""
+
+    async def handle(self: client_module.Client, ws: Any, msg: dict[str, Any]) -> None:
+        if self._state is client_module.ClientState.DRAINING:
+            return
+        self._set_state(client_module.ClientState.DRAINING)
+        self._drain_window_ms = msg["window_ms"]
+        self._spawn(self._leave_after(ws, self._seconds(max(msg["window_ms"], 150))))
+
+    client_module.Client._handle_drain = handle  # type: ignore[method-assign]
+
+
+def now_window_ignores_drain() -> None:
+    """A now-class close after drain draws from cap_ms, forgetting the drain's window."""
+    original = client_module.Client._handle_drain
+
+    async def handle(self: client_module.Client, ws: Any, msg: dict[str, Any]) -> None:
+        await original(self, ws, msg)
+        self._drain_window_ms = None
+
+    client_module.Client._handle_drain = handle  # type: ignore[method-assign]
+
+
+def dedup_age_from_last_send() -> None:
+    """Measures an unacknowledged publish's age from its latest send, not its first."""
+    original = client_module.Client._send_publish
+
+    async def send(self: client_module.Client, pending: Any) -> None:
+        if pending.sent_gen != self._gen:
+            pending.first_sent = None
+        await original(self, pending)
+
+    client_module.Client._send_publish = send  # type: ignore[method-assign]
+
+
+def revoked_comes_back() -> None:
+    """Forgets a revoked subscription on this connection only: the next one re-sends it."""
+    original = client_module.Client._handle_unsubscribed
+
+    async def handle(self: client_module.Client, ws: Any, msg: dict[str, Any]) -> None:
+        sub = self._subs.get(msg["channel"]) if "id" not in msg else None
+        await original(self, ws, msg)
+        if sub is not None:
+            sub.sent_gen = self._gen
+            self._subs[sub.channel] = sub
+
+    client_module.Client._handle_unsubscribed = handle  # type: ignore[method-assign]
+
+
+def resume_takes_subscribed_head() -> None:
+    """Records subscribed.position also for a resuming subscribe: the resume point jumps."""
+    original = client_module.Client._take_request
+
+    def take(self: client_module.Client, msg: Mapping[str, Any], kind: str) -> Any:
+        request = original(self, msg, kind)
+        if request is not None and kind == "subscribe":
+            request.plain = True
+        return request
+
+    client_module.Client._take_request = take  # type: ignore[method-assign]
+
+
+def size_in_characters() -> None:
+    """Checks max_message_bytes against the number of characters, not UTF-8 octets."""
+
+    async def send(self: client_module.Client, msg: Mapping[str, Any]) -> None:
+        ws = self._ws
+        if ws is None:
+            raise client_module.NotConnected("no open connection")
+        text = json.dumps(msg, separators=(",", ":"), ensure_ascii=False)
+        limit = self._limit("max_message_bytes", 0)
+        if limit and len(text) > limit:
+            raise client_module.MessageTooLarge("too large")
+        await ws.send(text)
+
+    client_module.Client._send = send  # type: ignore[method-assign]
+
+
+def ignores_the_subprotocol() -> None:
+    """Sends hello whatever the 101 response selected."""
+    from websockets.asyncio.client import ClientConnection
+
+    ClientConnection.subprotocol = property(lambda self: "unisock.v1")  # type: ignore[assignment, method-assign]
+
+
+def normalizes_channels() -> None:
+    """Trims and lowercases channel names before checking and sending them."""
+    subscribe, publish = client_module.Client.subscribe, client_module.Client.publish
+
+    async def sub(self: client_module.Client, channel: str, **kwargs: Any) -> Any:
+        return await subscribe(self, channel.strip().lower(), **kwargs)
+
+    async def pub(self: client_module.Client, channel: str, *args: Any, **kwargs: Any) -> Any:
+        return await publish(self, channel.strip().lower(), *args, **kwargs)
+
+    client_module.Client.subscribe = sub  # type: ignore[method-assign]
+    client_module.Client.publish = pub  # type: ignore[method-assign]
+
+
+def drops_own_event_before_ack() -> None:
+    """Drops an event whose message_id is one of its own unacknowledged publishes."""
+    original = client_module.Client._handle_event
+
+    async def handle(self: client_module.Client, ws: Any, msg: dict[str, Any]) -> None:
+        if msg.get("message_id") in self._publishes:
+            return
+        await original(self, ws, msg)
+
+    client_module.Client._handle_event = handle  # type: ignore[method-assign]
+
+
+def ignores_unknown_error_codes() -> None:
+    """Ignores an error whose code it does not know: the request waits for ever."""
+    from unisock import errors
+
+    original = client_module.Client._handle_error
+
+    async def handle(self: client_module.Client, ws: Any, msg: dict[str, Any]) -> None:
+        if msg.get("code") not in errors.error_classes():
+            return
+        await original(self, ws, msg)
+
+    client_module.Client._handle_error = handle  # type: ignore[method-assign]
+
+
+def keeps_first_backoff() -> None:
+    """Keeps the backoff values of the first welcome on every later connection."""
+    original = client_module.Client._on_welcome
+    first: list[BackoffParams] = []
+
+    async def on_welcome(self: client_module.Client, welcome: Any) -> None:
+        await original(self, welcome)
+        first.append(welcome.backoff)
+        self._backoff = first[0]
+
+    client_module.Client._on_welcome = on_welcome  # type: ignore[method-assign]
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
     "no_jitter": no_jitter,
     "no_backoff_cap": no_backoff_cap,
@@ -175,6 +339,18 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "no_floor": no_floor,
     "fixed_seed": fixed_seed,
     "new_message_id_on_retry": new_message_id_on_retry,
+    "pings_only_liveness": pings_only_liveness,
+    "drain_at_window_end": drain_at_window_end,
+    "now_window_ignores_drain": now_window_ignores_drain,
+    "dedup_age_from_last_send": dedup_age_from_last_send,
+    "revoked_comes_back": revoked_comes_back,
+    "resume_takes_subscribed_head": resume_takes_subscribed_head,
+    "size_in_characters": size_in_characters,
+    "ignores_the_subprotocol": ignores_the_subprotocol,
+    "normalizes_channels": normalizes_channels,
+    "drops_own_event_before_ack": drops_own_event_before_ack,
+    "ignores_unknown_error_codes": ignores_unknown_error_codes,
+    "keeps_first_backoff": keeps_first_backoff,
 }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +15,7 @@ from unisock.schemas import format_errors, schema, validator_for
 from unisock_conformance.client_suite.checks_reconnect import SHORT, quiet_ms
 from unisock_conformance.client_suite.driver import Skipped
 from unisock_conformance.client_suite.framework import Context, check
+from unisock_conformance.client_suite.harness import HConn
 
 
 def _task_updated() -> dict[str, Any]:
@@ -208,3 +210,52 @@ async def check_sys_publish_never_carries_to_exclude_or_user(ctx: Context) -> No
     assert any(frame.get("message_id") == "sys-fence" for frame in sent), sent
     carrying = [frame for frame in sent if set(_TARGETING) & set(frame)]
     assert carrying == [], f"$sys publish sent with targeting fields: {carrying}"
+
+
+@check("UNI-SEC-12", "UNI-PUB-37", "UNI-PUB-38", tier="broadcaster")
+async def check_publish_age_counts_from_its_first_send_across_reconnects(ctx: Context) -> None:
+    """The dedup window runs from the first send, not from the latest re-send.
+
+    The harness holds each reconnection's welcome: the re-send on the second connection
+    comes at 0.4 window (inside it: re-sent with the same message_id), the third
+    connection opens at 1.2 window (past it: not re-sent, reported as unknown), although
+    only 0.8 window have passed since the re-send.
+    """
+    window = round(1500 * ctx.tol.scale)
+    ctx.harness.profile = {"backoff": SHORT, "dedup_window_ms": window}
+    conn = await ctx.connect(broadcaster=True)
+    conn.behaviour.auto_ack = False
+    pending = ctx.adapter.send(
+        "publish", channel="tasks.42", event="task.updated", data={}, message_id="age-1"
+    )
+    first = await conn.frame("publish", ctx.timeout)
+    assert first is not None, "the publish was not sent"
+    sent_at = ctx.harness.publishes("age-1")[0][1].at
+
+    async def welcome_at(following: HConn, fraction: float) -> None:
+        await asyncio.sleep(max(0.0, sent_at + fraction * window / 1000 - time.monotonic()))
+        await following.send_welcome()
+
+    conn.drop()
+    second = await ctx.reconnect(conn, quiet_ms(ctx, SHORT))
+    assert second is not None, "the client did not reconnect"
+    second.behaviour.auto_ack = False
+    await welcome_at(second, 0.4)
+    resent = await second.frame("publish", ctx.timeout)
+    assert resent is not None, "not re-sent within dedup_window_ms after a lost ack"
+    assert resent["message_id"] == "age-1", f"the re-send changed message_id: {resent}"
+    age = (ctx.harness.publishes("age-1")[-1][1].at - sent_at) * 1000
+    second.drop()
+    third = await ctx.reconnect(second, quiet_ms(ctx, SHORT))
+    assert third is not None, "the client did not reconnect"
+    await welcome_at(third, 1.2)
+    await ctx.call(
+        "publish", channel="tasks.42", event="task.updated", data={}, message_id="fence-2"
+    )
+    again = [f for c, f in ctx.harness.publishes("age-1") if c is third]
+    assert again == [], (
+        f"re-sent {1.2 * window:.0f} ms after the first send (window {window} ms; the "
+        f"previous re-send was {age:.0f} ms after the first)"
+    )
+    reply = await asyncio.wait_for(pending, ctx.timeout)
+    assert reply.get("outcome") == "errored", f"the expired publish was reported as {reply}"

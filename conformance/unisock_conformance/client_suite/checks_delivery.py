@@ -189,3 +189,114 @@ async def check_events_reach_the_application_only_while_subscribed(ctx: Context)
     await reported(ctx, "fence.1", 1)
     got = [(e["channel"], e["offset"]) for e in ctx.adapter.events()]
     assert got == [("tasks.42", 2), ("fence.1", 1)], f"the application got {got}"
+
+
+async def _subscribed_to(ctx: Context, conn: HConn, channel: str) -> set[str]:
+    """Every pattern subscribed on ``conn`` once the application's ``channel`` is confirmed.
+
+    The application subscribes ``channel`` after the client's own resubscriptions: its
+    reply marks the point by which every earlier subscribe frame has arrived.
+    """
+    await ctx.call("subscribe", channel=channel)
+    return {str(frame["channel"]) for frame in conn.of_type("subscribe")}
+
+
+@check("UNI-SUB-16", "UNI-SUB-15")
+async def check_revoked_subscription_never_comes_back(ctx: Context) -> None:
+    """A pattern the server revoked is not re-sent, on this connection or any later one."""
+    ctx.harness.profile = {"backoff": SHORT}
+    conn = await ctx.connect()
+    for channel in ("tasks.>", "tasks.42", "notes.1"):
+        await ctx.call("subscribe", channel=channel)
+    for channel in ("tasks.42", "notes.1"):
+        await conn.send({"type": "unsubscribed", "channel": channel, "reason": "revoked"})
+    with ctx.part("no_events_after_revocation", "UNI-SUB-15"):
+        await conn.event("notes.1", "e-1", 1)
+        await conn.event("tasks.42", "e-1", 1)  # still matched by tasks.>
+        await reported(ctx, "tasks.42", 1)
+        got = [e["channel"] for e in ctx.adapter.events()]
+        assert got == ["tasks.42"], f"events after the revocation: {got}"
+    after = len(conn.of_type("subscribe"))
+    await ctx.call("subscribe", channel="fence.1")
+    again = [f["channel"] for f in conn.of_type("subscribe")[after:] if f["channel"] != "fence.1"]
+    assert again == [], f"re-subscribed on the same connection: {again}"
+    for round_ in range(2):
+        conn = await drop_and_resume(ctx, conn)
+        channels = await _subscribed_to(ctx, conn, f"fence.{round_ + 2}")
+        assert {"tasks.>", "fence.1"} <= channels, f"after a reconnect: {sorted(channels)}"
+        revoked = sorted(channels & {"tasks.42", "notes.1"})
+        assert revoked == [], f"reconnection {round_ + 1} re-subscribed revoked {revoked}"
+
+
+@check("UNI-DEL-29", "UNI-DEL-30", "UNI-DEL-20")
+async def check_resumed_position_is_not_replaced_by_the_subscribed_head(ctx: Context) -> None:
+    """A resume's subscribed.position (the head) never overwrites the position resumed.
+
+    The server is ahead (head 9) when the client resumes from 5: the next resume still
+    starts at 5, and the replay of 6..9 after subscribed reaches the application.
+    """
+    ctx.harness.profile = {"backoff": SHORT}
+    ctx.harness.heads["tasks.42"] = ("e-1", 2)
+    conn = await ctx.connect()
+    await ctx.call("subscribe", channel="tasks.42")
+    for offset in (3, 4, 5):
+        await conn.event("tasks.42", "e-1", offset)
+    await reported(ctx, "tasks.42", 5)
+    ctx.harness.heads["tasks.42"] = ("e-1", 9)
+    for round_ in range(2):
+        conn = await drop_and_resume(ctx, conn)
+        frames = await resubscribes(ctx, conn, 1 + round_)
+        assert frames["tasks.42"].get("from") == {"tasks.42": _position("e-1", 5)}, (
+            f"resume {round_ + 1}: {frames['tasks.42'].get('from')} (events up to 5 were "
+            "received; an earlier resume's subscribed said the head was 9)"
+        )
+        # The reply to this subscribe is processed before the fence's.
+        await ctx.call("subscribe", channel=f"fence.{round_}")
+
+    async def replay(conn: HConn, subscribe: dict[str, Any]) -> None:
+        if subscribe["channel"] == "tasks.42":
+            for offset in (6, 7, 8, 9):
+                await conn.event("tasks.42", "e-1", offset)
+
+    ctx.harness.on_subscribe = replay
+    conn = await drop_and_resume(ctx, conn)
+    await resubscribes(ctx, conn, 3)
+    await conn.event("tasks.42", "e-1", 10)
+    await reported(ctx, "tasks.42", 10)
+    delivered = [e["offset"] for e in ctx.adapter.events("tasks.42")]
+    assert delivered == [3, 4, 5, 6, 7, 8, 9, 10], f"the application got offsets {delivered}"
+
+
+@check("UNI-PUB-29")
+async def check_own_event_is_accepted_before_or_after_the_ack(ctx: Context) -> None:
+    """The event of the client's own publish reaches the application whichever comes first."""
+    conn = await ctx.connect()
+    await ctx.call("subscribe", channel="tasks.42")
+    conn.behaviour.auto_ack = False
+    for offset, event_first in ((1, True), (2, False)):
+        mid = f"own-{offset}"
+        pending = ctx.adapter.send(
+            "publish", channel="tasks.42", event="task.updated", data={}, message_id=mid
+        )
+        before = len(conn.frames)
+        frame = await conn.frame("publish", ctx.timeout, start=before)
+        assert frame is not None, "the publish was not sent"
+        ack = {**ctx.harness.ack_for(frame), "epoch": "e-1", "offset": offset}
+        if not event_first:
+            await conn.send(ack)
+        await conn.event(
+            "tasks.42",
+            "e-1",
+            offset,
+            event="task.updated",
+            data={},
+            message_id=mid,
+            publisher="alice",
+        )
+        if event_first:
+            await conn.send(ack)
+        reply = ctx.adapter.outcome("publish", await asyncio.wait_for(pending, ctx.timeout))
+        assert reply["ack"]["offset"] == offset, f"publish {mid}: {reply}"
+        await reported(ctx, "tasks.42", offset)
+    delivered = [(e["offset"], e["message_id"]) for e in ctx.adapter.events("tasks.42")]
+    assert delivered == [(1, "own-1"), (2, "own-2")], f"the application got {delivered}"

@@ -3,6 +3,11 @@ a live one never is, and each connection uses its own welcome's values."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from unisock_conformance.client_suite.checks_reconnect import SHORT, quiet_ms, settle
 from unisock_conformance.client_suite.framework import Context, check
 
@@ -52,4 +57,57 @@ async def check_client_keeps_a_connection_that_pings(ctx: Context) -> None:
     assert not dropped, (
         f"the client dropped a connection that pinged every 400 ms (ended by "
         f"{conn_2.ended_by}, close {conn_2.client_close})"
+    )
+
+
+@check("UNI-HB-10", "UNI-HB-9")
+async def check_any_message_renews_the_silence_deadline(ctx: Context) -> None:
+    """Without pings, every kind of message renews the deadline; silence then ends it.
+
+    A message comes every 0.6 silence bounds (longer than interval_ms): a client counting
+    only pings, counting from welcome, using interval_ms alone or leaving out any one kind
+    of message reaches the bound before the next one, or drops too early at the end.
+    """
+    ctx.harness.profile = {"backoff": SHORT}
+    ctx.harness.behaviour.pings = False
+    interval, timeout = round(400 * ctx.tol.scale), round(600 * ctx.tol.scale)
+    bound = interval + timeout
+    heartbeat = {"interval_ms": interval, "timeout_ms": timeout}
+    conn = await ctx.connect(welcome={"heartbeat": heartbeat})
+    await ctx.call("subscribe", channel="tasks.42")
+    offsets = itertools.count(2)
+    kinds: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+        ("an event", lambda: conn.event("tasks.42", "e-1", next(offsets))),
+        ("a duplicate event", lambda: conn.event("tasks.42", "e-1", 1)),
+        ("an event of no subscription", lambda: conn.event("other.7", "e-1", 1)),
+        ("a message of an unknown type", lambda: conn.send({"type": "x_future_notice"})),
+        ("an unsolicited pong", lambda: conn.send({"type": "pong", "nonce": "never-sent"})),
+        (
+            "an error without id",
+            lambda: conn.send({"type": "error", "code": "x_future_code", "message": "m"}),
+        ),
+    ]
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    step = 0.6 * bound / 1000
+    previous = "welcome"
+    for index, (name, send) in enumerate(kinds):
+        await asyncio.sleep(max(0.0, start + index * step - loop.time()))
+        assert conn.open, (
+            f"the client dropped the connection {0.6 * bound:.0f} ms after {previous}, "
+            f"within the silence bound of {bound} ms"
+        )
+        await send()
+        previous = name
+    last = conn.last_sent_at
+    assert last is not None
+    limit = ctx.tol.high(bound)
+    ended = await conn.ended(ctx.seconds(limit) + 0.05)
+    assert ended and conn.ended_by == "client", (
+        f"the client did not drop the connection within {limit:.0f} ms of silence"
+    )
+    assert conn.ended_at is not None
+    silent_for = (conn.ended_at - last) * 1000
+    assert silent_for >= ctx.tol.low(bound), (
+        f"the client gave up {silent_for:.0f} ms after {previous}, before {bound} ms"
     )

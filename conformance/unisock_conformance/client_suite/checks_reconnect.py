@@ -384,3 +384,136 @@ async def check_application_close_is_not_followed_by_a_reconnect(ctx: Context) -
     await ctx.call("close")
     assert await conn.ended(ctx.timeout), "close did not end the connection"
     await expect_no_reconnect(ctx, conn, "application close", quiet_ms(ctx, SHORT))
+
+
+DRAIN_BACKOFF: Final = {"base_ms": 100, "cap_ms": 1500, "floor_ms": 150, "reset_after_ms": 60000}
+DRAIN_ROUNDS: Final = 20
+
+
+@check("UNI-CLOSE-22", "UNI-CLOSE-16", timeout_s=60)
+async def check_drain_departures_are_spread_over_the_window(ctx: Context) -> None:
+    """20 drains: each departure in [F, window_ms] and spread over it; then no second delay.
+
+    With the window below cap_ms, a client drawing from [0, cap_ms] leaves too late; one
+    that leaves at a fixed moment (at F, at the end, in the middle) puts fewer than 2 of 20
+    departures on one side of window_ms / 2, which a uniform draw does with probability
+    about 2e-5 per side.
+    """
+    ctx.harness.profile = {"backoff": DRAIN_BACKOFF}
+    conn = await ctx.connect()
+    await ctx.call("subscribe", channel="tasks.42")
+    window = 600
+    departures: list[float] = []
+    for round_ in range(DRAIN_ROUNDS):
+        await conn.send({"type": "drain", "window_ms": window, "reason": "deploy"})
+        sent = conn.last_sent_at
+        assert sent is not None
+        limit = ctx.tol.high(window)
+        ended = await conn.ended(ctx.seconds(limit) + 0.05)
+        assert ended and conn.ended_by == "client", (
+            f"drain {round_}: the client did not leave within {limit:.0f} ms"
+        )
+        assert conn.ended_at is not None
+        left = (conn.ended_at - sent) * 1000
+        assert ctx.tol.low(FLOOR_MS) <= left <= limit, (
+            f"drain {round_}: the client left {left:.0f} ms after drain, outside "
+            f"[{FLOOR_MS}, {window}] ms"
+        )
+        departures.append(left)
+        # At that moment it closes, then opens the replacement: no second delay.
+        conn, _delay = await expect_reconnect(
+            ctx, conn, 0, FLOOR_MS, f"drain {round_}: the replacement after leaving"
+        )
+        await settle(ctx, conn)
+    shown = ", ".join(f"{d:.0f}" for d in departures)
+    middle = window / 2
+    early = sum(1 for d in departures if d < middle)
+    late = len(departures) - early
+    assert early >= 2 and late >= 2, (
+        f"departures are not spread over [{FLOOR_MS}, {window}] ms: {early} before and "
+        f"{late} after {middle:.0f} ms; departures: {shown}"
+    )
+
+
+# (window of a drain sent just before the close, or None; close code; reason; W)
+AFTER_DRAIN: Final = (
+    (0, 4300, "drain", 0),  # the drain message's window, not cap_ms
+    (1500, 4300, "drain;window_ms=0", 0),  # the reason's window wins over the drain's
+    (None, 4300, "drain", 1500),  # no drain on this connection: cap_ms, not an earlier window
+    (0, 1012, "service_restart", 0),
+    (1500, 1012, "service_restart;window_ms=0", 0),
+    (None, 1012, "service_restart", 1500),
+)
+AFTER_DRAIN_ROUNDS: Final = 4
+
+
+@check("UNI-CLOSE-23", "UNI-CLOSE-6", timeout_s=90)
+async def check_now_class_window_comes_from_reason_then_drain_then_cap(ctx: Context) -> None:
+    """A now-class close right after drain: W from the reason, else that drain, else cap_ms.
+
+    W is 0 (the delay is F) or cap_ms 1500. Over 4 rounds, a client taking W from the wrong
+    place waits beyond F in all 8 cases that allow only F, or (keeping an earlier
+    connection's window) never beyond F when W is cap_ms, with probability below 1e-4.
+    """
+    ctx.harness.profile = {"backoff": DRAIN_BACKOFF}
+    conn = await ctx.connect()
+    await ctx.call("subscribe", channel="tasks.42")
+    beyond_floor = 0
+    for round_ in range(AFTER_DRAIN_ROUNDS):
+        for drain, code, reason, window in AFTER_DRAIN:
+            if drain is not None:
+                await conn.send({"type": "drain", "window_ms": drain, "reason": "deploy"})
+            await conn.close(code, reason)
+            what = f"round {round_}: close {code} {reason!r} after a drain of {drain} ms"
+            conn, delay = await expect_reconnect(ctx, conn, FLOOR_MS, max(FLOOR_MS, window), what)
+            if drain is None and delay > ctx.tol.high(FLOOR_MS):
+                beyond_floor += 1
+            await settle(ctx, conn)
+    assert beyond_floor >= 1, (
+        "every now-class close without window_ms on a connection without drain waited "
+        "only F: W came from an earlier connection's drain, not cap_ms"
+    )
+
+
+def _exact(ms: int) -> dict[str, int]:
+    """Backoff values under which every delay is exactly ``ms``: max(F, U(0, ms)) = ms."""
+    return {"base_ms": ms, "cap_ms": ms, "floor_ms": ms, "reset_after_ms": 60000}
+
+
+@check("UNI-LC-15", "UNI-CLOSE-17", timeout_s=60)
+async def check_each_welcome_replaces_the_backoff_values(ctx: Context) -> None:
+    """Defaults before any welcome; then every delay follows the latest welcome's backoff.
+
+    Before a welcome, the first two reconnections fall in [250, 500] and [250, 1000] (the
+    defaults, n = 0 and 1). Then each welcome announces values under which the delay is
+    exactly 300, 700, 200 or 500 ms; a connection that ends before its welcome keeps the
+    last announced values. A client keeping the first welcome's values, the previous
+    one's, or its defaults, misses some range.
+    """
+    ctx.token = ctx.harness.mint()
+    pending = ctx.adapter.send(
+        "connect", url=ctx.harness.url, token=ctx.token, timeout_ms=int(ctx.timeout * 3000)
+    )
+    conn = await ctx.harness.hello(0, ctx.timeout)
+    assert conn is not None, "the client did not connect"
+    for attempt, high in enumerate((500, 1000)):
+        await conn.close(1011, "internal_error")
+        what = f"reconnection n={attempt} before any welcome (default backoff)"
+        conn, _delay = await expect_reconnect(ctx, conn, 250, high, what)
+    for index, ms in enumerate((300, 700, 200, 500)):
+        await settle(ctx, conn, backoff=_exact(ms))
+        if index == 0:
+            ctx.adapter.outcome("connect", await asyncio.wait_for(pending, ctx.timeout))
+        for ended in ("after its welcome", "before a welcome"):
+            await conn.close(1011, "internal_error")
+            what = f"a connection ended {ended}; the last welcome announced {ms} ms"
+            conn, _delay = await expect_reconnect(ctx, conn, ms, ms, what)
+    with ctx.part("heartbeat_of_the_latest_welcome", "UNI-HB-11"):
+        interval, timeout = 200, 200
+        await settle(ctx, conn, heartbeat={"interval_ms": interval, "timeout_ms": timeout})
+        conn.stall()
+        bound = interval + timeout
+        limit = ctx.tol.high(bound)
+        assert await conn.ended(ctx.seconds(limit) + 0.05), (
+            f"a silent connection was kept beyond {limit:.0f} ms (bound {bound} ms)"
+        )

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+from typing import Any, Final
 
 from unisock_conformance.client_suite.framework import Context, check
+from unisock_conformance.client_suite.harness import HConn
 
 
 @check("UNI-TR-8", "UNI-LC-14", "UNI-TR-22", "UNI-HB-15")
@@ -86,3 +89,179 @@ async def check_client_answers_every_ping(ctx: Context) -> None:
         assert pong is not None, f"no pong within timeout_ms for {ping}"
         for key in ("nonce", "id"):
             assert pong.get(key) == ping.get(key), f"ping {index}: {key} {pong.get(key)!r}"
+
+
+@check("UNI-TR-6")
+async def check_client_sends_nothing_when_the_101_selects_no_subprotocol(ctx: Context) -> None:
+    """A 101 without unisock.v1 gets no hello and no frame: closed, and retried as failed."""
+    ctx.harness.select_protocol = False
+    ctx.token = ctx.harness.mint()
+    pending = ctx.adapter.send(
+        "connect", url=ctx.harness.url, token=ctx.token, timeout_ms=int(ctx.timeout * 2000)
+    )
+    for index in range(2):
+        conn = await ctx.harness.connection(index, ctx.timeout)
+        assert conn is not None, f"attempt {index}: the client did not retry the failed attempt"
+        assert await conn.ended(ctx.timeout), (
+            f"attempt {index}: the client kept a connection whose 101 selected no subprotocol"
+        )
+        assert conn.frames == [], (
+            f"attempt {index}: the client sent {[f.type for f in conn.frames]} on a connection "
+            "that did not select unisock.v1"
+        )
+    ctx.harness.select_protocol = True
+    conn = await ctx.harness.hello(2, ctx.timeout)
+    assert conn is not None, "the client did not retry once the server selected unisock.v1"
+    await conn.send_welcome()
+    ctx.adapter.outcome("connect", await asyncio.wait_for(pending, ctx.timeout))
+
+
+@check("UNI-ERR-13")
+async def check_unknown_error_code_fails_its_request_and_nothing_else(ctx: Context) -> None:
+    """An error with an unknown code ends the request with that id; the connection stays."""
+    conn = await ctx.connect()
+    conn.behaviour.auto_ack = False
+    conn.behaviour.auto_subscribe = False
+    requests = {
+        "publish": ctx.adapter.send(
+            "publish", channel="tasks.42", event="task.updated", data={}, message_id="unk-1"
+        ),
+        "subscribe": ctx.adapter.send("subscribe", channel="tasks.43"),
+    }
+    for kind, pending in requests.items():
+        frame = await conn.frame(kind, ctx.timeout)
+        assert frame is not None, f"the {kind} was not sent"
+        code = f"x_future_{kind}_refusal"
+        await conn.send({"type": "error", "id": frame["id"], "code": code, "message": "new"})
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(pending), ctx.timeout)
+        except TimeoutError:
+            raise AssertionError(f"the {kind} refused with {code} never completed") from None
+        assert reply.get("outcome") == "errored", f"the {kind} refused with {code}: {reply}"
+        with ctx.part("unknown_codes_are_reported", "UNI-ADP-6"):
+            assert reply["error"].get("code") == code, f"the {kind}: {reply}"
+    conn.behaviour.auto_ack = True
+    await ctx.call("publish", channel="tasks.42", event="task.updated", data={}, message_id="f-1")
+    assert conn.open, f"the client closed the connection: {conn.client_close}"
+    assert len(ctx.harness.connections) == 1, "the client reconnected"
+
+
+# Spellings a careless client rewrites: case, spaces, percent-escapes, doubled dots,
+# Unicode compatibility and canonical equivalents, invisible characters.
+UNTOUCHED_NAMES: Final = (
+    "Tasks.Review",
+    " tasks.1",
+    "tasks.1 ",
+    "tasks%2E1",
+    "tasks..1",
+    "tasks.1.",
+    "\uff54asks.1",
+    "tasks.\u212a",
+    "tasks.cafe\u0301",
+    "tasks.caf\u00e9",
+    "tasks.1\u200b",
+    "$ME.inbox",
+    "TASKS.>",
+)
+SENT_AS_IS: Final = ("tasks.ok-1_2", "$me.inbox", "tasks.*.x", "tasks.>")
+
+
+@check("UNI-CH-6")
+async def check_channel_names_are_sent_unchanged_or_refused(ctx: Context) -> None:
+    """Every name the application gives goes out byte for byte, or is refused locally."""
+    ctx.harness.any_channel = True
+    conn = await ctx.connect()
+    for name in (*UNTOUCHED_NAMES, *SENT_AS_IS):
+        await ctx.refused("subscribe", channel=name)
+    for index, name in enumerate((*UNTOUCHED_NAMES[:11], "tasks.ok-1_2")):
+        await ctx.refused(
+            "publish", channel=name, event="note.added", data={}, message_id=f"ch6-{index}"
+        )
+    # Replies to everything above have arrived, so every frame the client sent has too.
+    given = {*UNTOUCHED_NAMES, *SENT_AS_IS}
+    sent = [f.message["channel"] for f in conn.frames if f.type in ("subscribe", "publish")]
+    changed = [name for name in sent if name not in given]
+    assert changed == [], f"the client sent channel names it was not given: {changed!r}"
+    subscribed = {f["channel"] for f in conn.of_type("subscribe")}
+    missing = [name for name in SENT_AS_IS if name not in subscribed]
+    assert missing == [], f"valid patterns were not sent: {missing!r}"
+
+
+class _Sizer:
+    """Publishes texts of chosen sizes: learns the client's framing cost, then aims at sizes.
+
+    A publish of ``unit * k + "a" * r`` costs ``base + cost * k + r`` octets; two
+    calibration publishes give ``base`` and ``cost`` (3 octets for "€" sent raw, 6 when the
+    client escapes it; both are fine, the limit is on what goes out).
+    """
+
+    def __init__(self, ctx: Context, conn: HConn) -> None:
+        self.ctx = ctx
+        self.conn = conn
+        self.ids = itertools.count(10)
+
+    async def publish(self, text: str) -> tuple[int | None, dict[str, Any]]:
+        """The octets of the frame sent (None if none was) and the adapter's reply."""
+        mid = f"lim-{next(self.ids)}"
+        reply = await self.ctx.adapter.request(
+            "publish",
+            timeout=self.ctx.timeout,
+            channel="tasks.42",
+            event="note.added",
+            data={"t": text},
+            message_id=mid,
+        )
+        sent = [
+            f for f in self.conn.frames if f.type == "publish" and f.message["message_id"] == mid
+        ]
+        return (len(str(sent[-1].raw).encode("utf-8")) if sent else None), reply
+
+    async def aim(self, unit: str, octets: int) -> tuple[str, int | None, dict[str, Any]]:
+        """Publish a text the client frames in ``octets`` octets (by its measured costs)."""
+        small, _ = await self.publish(unit * 10)
+        large, _ = await self.publish(unit * 20)
+        assert small is not None and large is not None, "a small publish was not sent"
+        cost = (large - small) / 10
+        base = small - 10 * cost
+        count = int((octets - base - 8) // cost)
+        text = unit * count + "a" * round(octets - base - cost * count)
+        size, reply = await self.publish(text)
+        return text, size, reply
+
+
+@check("UNI-LIM-3")
+async def check_message_size_limit_counts_utf8_octets(ctx: Context) -> None:
+    """At max_message_bytes octets a publish goes out; one octet more is refused locally.
+
+    Also with text of 2-, 3- and 4-octet characters, whose character count is far below the
+    limit: a client counting characters (or escaped text it does not send) is caught.
+    """
+    limit = 700
+    conn = await ctx.connect(welcome={"limits": {"max_message_bytes": limit}})
+    sizer = _Sizer(ctx, conn)
+    for unit in ("a", "\u00e9\u20ac\U0001f600"):
+        kind = "ASCII" if unit == "a" else "multi-octet"
+        for attempt in range(2):  # a request id one digit longer moves the aim by one
+            text, size, reply = await sizer.aim(unit, limit)
+            if size is not None or attempt:
+                break
+        assert size is not None, (
+            f"{kind}: a publish of {limit} octets ({len(text)} characters of data) was "
+            f"refused: {reply}"
+        )
+        assert size <= limit, f"{kind}: a frame of {size} octets, over {limit}"
+        for attempt in range(3):  # aimed past the limit until the client's frame would be
+            text, size, reply = await sizer.aim(unit, limit + 1 + attempt)
+            assert size is None or size <= limit, (
+                f"{kind}: the client sent a frame of {size} octets ({len(text)} characters "
+                f"of data), over max_message_bytes {limit}"
+            )
+            if size is None:
+                break
+        assert size is None, f"{kind}: could not aim past the limit (frames of {size} octets)"
+        assert reply.get("outcome") == "errored", (
+            f"{kind}: a publish over the limit was neither sent nor refused: {reply}"
+        )
+        with ctx.part("oversized_requests_are_local_failures", "UNI-ADP-6"):
+            assert reply["error"].get("kind") == "local", f"{kind}: {reply}"
+    assert conn.open, f"the client closed the connection: {conn.client_close}"

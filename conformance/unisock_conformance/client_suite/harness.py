@@ -18,13 +18,13 @@ import itertools
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 import jwt
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
@@ -356,6 +356,8 @@ class HConn:
                 problems.append("not JSON")
             if not problems:
                 problems = validate_client_message(message)
+            if self.harness.any_channel and all(p.startswith("/channel:") for p in problems):
+                problems = []  # sent unchanged as the application gave it (UNI-CH-6)
             if problems:
                 self.harness.violate(
                     ("UNI-TR-10",),
@@ -425,6 +427,11 @@ class Harness:
     violations: list[Violation] = field(default_factory=list)
     heads: dict[str, tuple[str, int]] = field(default_factory=dict)
     on_subscribe: Callable[[HConn, dict[str, Any]], Awaitable[None]] | None = None
+    any_channel: bool = False
+    """Accept frames whose only fault is a ``channel`` outside the grammar: names a check
+    gives the application on purpose, which a client may send unchanged (UNI-CH-6)."""
+    select_protocol: bool = True
+    """Whether the ``101`` response selects ``unisock.v1``; False answers without one."""
     signal: Signal = field(default_factory=Signal)
     _secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     _claims: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -442,6 +449,7 @@ class Harness:
             "127.0.0.1",
             0,
             subprotocols=[Subprotocol(PROTOCOL)],
+            select_subprotocol=self._select_subprotocol,
             process_request=self._process_request,
             ping_interval=None,
             compression=None,
@@ -587,6 +595,15 @@ class Harness:
             list(request.headers.raw_items()),
         )
         return None
+
+    def _select_subprotocol(
+        self, connection: ServerConnection, offered: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
+        if not self.select_protocol:
+            return None  # a 101 without Sec-WebSocket-Protocol (UNI-TR-6)
+        if PROTOCOL in offered:
+            return Subprotocol(PROTOCOL)
+        raise NegotiationError("unisock.v1 not offered")
 
     async def _handler(self, ws: ServerConnection) -> None:
         requested_at, path, headers = self._requests.pop(

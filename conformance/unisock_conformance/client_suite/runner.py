@@ -230,34 +230,54 @@ async def run_suite(
     stream: TextIO | None = None,
     verbose: bool = False,
     exitfirst: bool = False,
+    jobs: int = 1,
 ) -> ClientRun:
     """Run the selected checks against the adapter ``command`` and grade them.
 
     With ``exitfirst`` the run stops at the first failed check or part: the checks after it
     are not run (a quick verdict for tools that only need to know whether anything fails).
+    ``jobs`` checks run at once after the smoke tier (each has its own harness server and
+    adapter process, and they mostly wait on timers); results keep the checks' order.
     """
     output = _Output(stream, verbose)
     run = ClientRun(list(command), time.time())
     tol = Tolerances(scale=time_scale)
     specs = select_checks(role, keywords)
     output.line(f"Unisock client conformance: {shlex.join(command)} ({len(specs)} checks)")
-    ran = False
     stopped: str | None = None
-    for spec in specs:
-        if run.adapter_broken is not None or stopped is not None:
-            why = f"the adapter is broken: {run.adapter_broken}" if stopped is None else stopped
-            reason = f"{NOT_RUN_PREFIX} {why}"
-            run.results[spec.nodeid] = TestResult(spec.nodeid, spec.requirements, "skipped", reason)
-            continue
-        for result in await _run_check(spec, command, tol, run, validate=validate, output=output):
-            run.results[result.nodeid] = result
-            ran = ran or result.status != "skipped"
+    outcomes: dict[str, list[TestResult]] = {}
+    slots = asyncio.Semaphore(max(1, jobs))
+
+    async def one(spec: CheckSpec) -> None:
+        nonlocal stopped
+        async with slots:
+            if run.adapter_broken is not None or stopped is not None:
+                why = f"the adapter is broken: {run.adapter_broken}" if stopped is None else stopped
+                reason = f"{NOT_RUN_PREFIX} {why}"
+                outcomes[spec.nodeid] = [
+                    TestResult(spec.nodeid, spec.requirements, "skipped", reason)
+                ]
+                return
+            results = await _run_check(spec, command, tol, run, validate=validate, output=output)
+        outcomes[spec.nodeid] = results
+        for result in results:
             label = {"passed": "ok", "failed": "FAIL", "skipped": "not-run"}[result.status]
             output.line(f"{label:>8}  {result.nodeid} ({result.duration_s:.1f} s)")
             if result.status != "passed":
                 output.line("          " + result.message.replace("\n", "\n          "))
-            if exitfirst and result.status == "failed":
+            if exitfirst and result.status == "failed" and stopped is None:
                 stopped = f"stopped after the first failure ({result.nodeid})"
+
+    # The smoke tier runs alone and first: it tells an adapter fault from a client fault.
+    for spec in specs:
+        if spec.tier == "smoke":
+            await one(spec)
+    await asyncio.gather(*(one(spec) for spec in specs if spec.tier != "smoke"))
+    ran = False
+    for spec in specs:
+        for result in outcomes[spec.nodeid]:
+            run.results[result.nodeid] = result
+            ran = ran or result.status != "skipped"
     for result in _derived_results(run, ran):
         run.results[result.nodeid] = result
     registry = load_registry(SPEC_DIR)
@@ -320,6 +340,13 @@ def add_client_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="stop at the first failed check; the rest are not run",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N checks at once after the smoke tier (default 1)",
+    )
     parser.add_argument("--list", action="store_true", help="list the checks and exit")
     parser.add_argument(
         "adapter",
@@ -353,6 +380,9 @@ def run_client_suite(args: argparse.Namespace) -> int:
     if not command:
         print("unisock conformance client: give the adapter command after --", file=sys.stderr)
         return EXIT_USAGE
+    if args.jobs < 1:
+        print("unisock conformance client: --jobs must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
     if args.time_scale <= 0:
         print("unisock conformance client: --time-scale must be positive", file=sys.stderr)
         return EXIT_USAGE
@@ -367,6 +397,7 @@ def run_client_suite(args: argparse.Namespace) -> int:
             stream=sys.stdout,
             verbose=args.validate,
             exitfirst=args.exitfirst,
+            jobs=args.jobs,
         )
     )
     _write_reports(args, run, args.role)
