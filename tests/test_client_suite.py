@@ -110,6 +110,9 @@ BROKEN = [
     ("drops_own_event_before_ack", "own_event", "UNI-PUB-29", "fail"),
     ("ignores_unknown_error_codes", "unknown_error_code", "UNI-ERR-13", "fail"),
     ("keeps_first_backoff", "replaces_the_backoff", "UNI-LC-15", "fail"),
+    ("no_welcome_deadline", "without_welcome_is_abandoned", "UNI-HB-12", "non-strict"),
+    ("close_leaves_reconnect_pending", "close_while_waiting", "UNI-CLOSE-7", "fail"),
+    ("ignores_request_limits", "over_announced_limits", "UNI-LIM-4", "non-strict"),
 ]
 
 

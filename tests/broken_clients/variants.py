@@ -327,6 +327,42 @@ def keeps_first_backoff() -> None:
     client_module.Client._on_welcome = on_welcome  # type: ignore[method-assign]
 
 
+def no_welcome_deadline() -> None:
+    """Waits for welcome for ever after sending hello."""
+
+    async def await_welcome(self: client_module.Client, ws: Any) -> Any:
+        msg = client_module._decode(await ws.recv())
+        if msg is None or msg.get("type") != "welcome":
+            await ws.close(1002, "protocol_error")
+            return None
+        return client_module.Welcome.from_message(msg)
+
+    client_module.Client._await_welcome = await_welcome  # type: ignore[method-assign]
+
+
+def close_leaves_reconnect_pending() -> None:
+    """An application close while waiting to reconnect does not cancel the reconnection."""
+
+    async def close(self: client_module.Client) -> None:
+        if self._ws is not None:
+            await self._ws.close(1000, "normal")
+        self._finish(client_module.CloseInfo(1000, "normal", local=True))
+
+    client_module.Client.close = close  # type: ignore[method-assign]
+
+
+def ignores_request_limits() -> None:
+    """Sends requests over max_targets, max_attrs and max_filter_nodes for the server to refuse."""
+    original = client_module.Client._limit
+
+    def limit(self: client_module.Client, name: str, default: int) -> int:
+        if name in ("max_targets", "max_attrs", "max_filter_nodes"):
+            return 1000
+        return original(self, name, default)
+
+    client_module.Client._limit = limit  # type: ignore[method-assign]
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
     "no_jitter": no_jitter,
     "no_backoff_cap": no_backoff_cap,
@@ -351,6 +387,9 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "drops_own_event_before_ack": drops_own_event_before_ack,
     "ignores_unknown_error_codes": ignores_unknown_error_codes,
     "keeps_first_backoff": keeps_first_backoff,
+    "no_welcome_deadline": no_welcome_deadline,
+    "close_leaves_reconnect_pending": close_leaves_reconnect_pending,
+    "ignores_request_limits": ignores_request_limits,
 }
 
 

@@ -239,6 +239,11 @@ async def check_superseded_client_does_not_reconnect(ctx: Context) -> None:
         assert start == {"epoch": "e-s", "offset": 3}, (
             f"resubscribe after 4001 carried from {subscribe.get('from')}, not offset 3"
         )
+        await again.event("tasks.42", "e-s", 4)
+        resumed = await ctx.adapter.notification(
+            "event", ctx.timeout, where=lambda n: n.get("offset") == 4
+        )
+        assert resumed is not None, "an event after the explicit reconnection was not reported"
 
 
 @check("UNI-CLOSE-1", "UNI-CLOSE-3", "UNI-CLOSE-4")
@@ -377,6 +382,23 @@ async def check_drain_closes_with_1000_within_the_window_before_reconnecting(
 
 
 @check("UNI-CLOSE-7")
+async def check_application_close_while_waiting_cancels_the_reconnection(ctx: Context) -> None:
+    """Closed by the application while it waits to reconnect, the client stays closed."""
+    delay = 1200
+    backoff = {"base_ms": delay, "cap_ms": delay, "floor_ms": delay, "reset_after_ms": 60000}
+    ctx.harness.profile = {"backoff": backoff}
+    conn = await ctx.connect()
+    mark = len(ctx.adapter.notifications)
+    await conn.close(1011, "internal_error")
+    waiting = await ctx.adapter.notification(
+        "state", ctx.timeout, where=lambda n: n.get("state") == "waiting", start=mark
+    )
+    assert waiting is not None, "the client did not report that it waits to reconnect"
+    await ctx.call("close")
+    await expect_no_reconnect(ctx, conn, "application close while waiting", ctx.tol.high(delay))
+
+
+@check("UNI-CLOSE-7")
 async def check_application_close_is_not_followed_by_a_reconnect(ctx: Context) -> None:
     """After the application closes the client, nothing reconnects."""
     ctx.harness.profile = {"backoff": SHORT}
@@ -435,27 +457,29 @@ async def check_drain_departures_are_spread_over_the_window(ctx: Context) -> Non
     )
 
 
+NOW_BACKOFF: Final = {"base_ms": 100, "cap_ms": 3000, "floor_ms": 150, "reset_after_ms": 60000}
 # (window of a drain sent just before the close, or None; close code; reason; W)
 AFTER_DRAIN: Final = (
     (0, 4300, "drain", 0),  # the drain message's window, not cap_ms
-    (1500, 4300, "drain;window_ms=0", 0),  # the reason's window wins over the drain's
-    (None, 4300, "drain", 1500),  # no drain on this connection: cap_ms, not an earlier window
+    (3000, 4300, "drain;window_ms=0", 0),  # the reason's window wins over the drain's
+    (None, 4300, "drain", 3000),  # no drain on this connection: cap_ms, not an earlier window
     (0, 1012, "service_restart", 0),
-    (1500, 1012, "service_restart;window_ms=0", 0),
-    (None, 1012, "service_restart", 1500),
+    (3000, 1012, "service_restart;window_ms=0", 0),
+    (None, 1012, "service_restart", 3000),
 )
-AFTER_DRAIN_ROUNDS: Final = 4
+AFTER_DRAIN_ROUNDS: Final = 3
 
 
 @check("UNI-CLOSE-23", "UNI-CLOSE-6", timeout_s=90)
 async def check_now_class_window_comes_from_reason_then_drain_then_cap(ctx: Context) -> None:
     """A now-class close right after drain: W from the reason, else that drain, else cap_ms.
 
-    W is 0 (the delay is F) or cap_ms 1500. Over 4 rounds, a client taking W from the wrong
-    place waits beyond F in all 8 cases that allow only F, or (keeping an earlier
-    connection's window) never beyond F when W is cap_ms, with probability below 1e-4.
+    W is 0 (the delay is F) or cap_ms 3000. Over 3 rounds, a client taking W from the wrong
+    place waits beyond F in all 6 cases that allow only F, or (keeping an earlier
+    connection's window) never beyond F in the 6 cases where W is cap_ms, with probability
+    below 1e-4 at time scales up to 3.
     """
-    ctx.harness.profile = {"backoff": DRAIN_BACKOFF}
+    ctx.harness.profile = {"backoff": NOW_BACKOFF}
     conn = await ctx.connect()
     await ctx.call("subscribe", channel="tasks.42")
     beyond_floor = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from typing import Any, Final
 
 from unisock_conformance.client_suite.framework import Context, check
@@ -116,6 +117,10 @@ async def check_client_sends_nothing_when_the_101_selects_no_subprotocol(ctx: Co
     ctx.adapter.outcome("connect", await asyncio.wait_for(pending, ctx.timeout))
 
 
+def _with_id(message_id: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda frame: bool(frame.get("message_id") == message_id)
+
+
 @check("UNI-ERR-13")
 async def check_unknown_error_code_fails_its_request_and_nothing_else(ctx: Context) -> None:
     """An error with an unknown code ends the request with that id; the connection stays."""
@@ -140,6 +145,24 @@ async def check_unknown_error_code_fails_its_request_and_nothing_else(ctx: Conte
         assert reply.get("outcome") == "errored", f"the {kind} refused with {code}: {reply}"
         with ctx.part("unknown_codes_are_reported", "UNI-ADP-6"):
             assert reply["error"].get("code") == code, f"the {kind}: {reply}"
+    with ctx.part("known_codes_are_reported_with_retry_after", "UNI-ADP-6"):
+        pending = ctx.adapter.send(
+            "publish", channel="tasks.42", event="task.updated", data={}, message_id="unav-1"
+        )
+        frame = await conn.frame("publish", ctx.timeout, where=_with_id("unav-1"))
+        assert frame is not None, "the publish was not sent"
+        await conn.send(
+            {
+                "type": "error",
+                "id": frame["id"],
+                "code": "unavailable",
+                "message": "broker down",
+                "retry_after_ms": 300,
+            }
+        )
+        reply = await asyncio.wait_for(pending, ctx.timeout)
+        error = reply.get("error") or {}
+        assert (error.get("code"), error.get("retry_after_ms")) == ("unavailable", 300), reply
     conn.behaviour.auto_ack = True
     await ctx.call("publish", channel="tasks.42", event="task.updated", data={}, message_id="f-1")
     assert conn.open, f"the client closed the connection: {conn.client_close}"
@@ -265,3 +288,72 @@ async def check_message_size_limit_counts_utf8_octets(ctx: Context) -> None:
         with ctx.part("oversized_requests_are_local_failures", "UNI-ADP-6"):
             assert reply["error"].get("kind") == "local", f"{kind}: {reply}"
     assert conn.open, f"the client closed the connection: {conn.client_close}"
+
+
+def _filter(nodes: int) -> dict[str, Any]:
+    """A filter of exactly ``nodes`` nodes: an ``or`` over ``nodes - 1`` comparisons."""
+    return {"or": [{"eq": ["priority", index]} for index in range(nodes - 1)]}
+
+
+@check("UNI-LIM-4")
+async def check_requests_over_announced_limits_are_refused_locally(ctx: Context) -> None:
+    """At max_targets, max_attrs and max_filter_nodes a request goes out; one more stays home."""
+    limits = {"max_targets": 3, "max_attrs": 2, "max_filter_nodes": 4}
+    conn = await ctx.connect(welcome={"limits": limits})
+    users = ["bob", "carol", "dave", "erin"]
+    attrs = {"a": 1, "b": 2, "c": 3}
+    cases: list[tuple[str, str, dict[str, Any]]] = [
+        ("max_targets (to)", "publish", {"to": users[:3]}),
+        ("max_targets (exclude)", "publish", {"exclude": users[:3]}),
+        ("max_attrs", "publish", {"attrs": dict(list(attrs.items())[:2])}),
+        ("max_filter_nodes", "subscribe", {"filter": _filter(4)}),
+    ]
+    over: list[tuple[str, str, dict[str, Any]]] = [
+        ("max_targets (to)", "publish", {"to": users}),
+        ("max_targets (exclude)", "publish", {"exclude": users}),
+        ("max_attrs", "publish", {"attrs": attrs}),
+        ("max_filter_nodes", "subscribe", {"filter": _filter(5)}),
+    ]
+    for index, (what, cmd, extra) in enumerate([*cases, *over]):
+        at_limit = index < len(cases)
+        before = len(conn.frames)
+        if cmd == "publish":
+            args: dict[str, Any] = {"channel": "tasks.42", "event": "note.added", "data": {}}
+            args["message_id"] = f"lim4-{index}"
+        else:
+            args = {"channel": f"tasks.{index}"}
+        refusal = await ctx.refused(cmd, **args, **extra)
+        sent = [f for f in conn.frames[before:] if f.type == cmd]
+        if at_limit:
+            assert refusal is None and sent, f"{what}: a request at the limit was not sent"
+        else:
+            assert not sent, f"{what}: a request over the limit was sent"
+            assert refusal is not None and refusal.kind == "local", (
+                f"{what}: a request over the limit was not refused locally: {refusal}"
+            )
+
+
+@check("UNI-HB-12")
+async def check_attempt_without_welcome_is_abandoned_after_auth_timeout(ctx: Context) -> None:
+    """No welcome within the announced auth_timeout_ms: the attempt ends, then another one."""
+    from unisock_conformance.client_suite.checks_reconnect import SHORT, quiet_ms
+
+    deadline = 600
+    ctx.harness.profile = {"backoff": SHORT, "limits": {"auth_timeout_ms": deadline}}
+    conn = await ctx.connect()
+    await conn.close(1011, "internal_error")
+    waiting = await ctx.reconnect(conn, quiet_ms(ctx, SHORT))
+    assert waiting is not None, "no reconnection after 1011"
+    hello_at = waiting.frames[0].at
+    limit = ctx.tol.high(deadline)
+    ended = await waiting.ended(ctx.seconds(limit) + 0.05)
+    assert ended and waiting.ended_by == "client", (
+        f"an attempt without welcome was kept beyond {limit:.0f} ms (auth_timeout_ms {deadline})"
+    )
+    assert waiting.ended_at is not None
+    waited = (waiting.ended_at - hello_at) * 1000
+    assert waited >= ctx.tol.low(deadline), (
+        f"the client gave up {waited:.0f} ms after hello, before auth_timeout_ms {deadline}"
+    )
+    following = await ctx.reconnect(waiting, quiet_ms(ctx, SHORT))
+    assert following is not None, "the abandoned attempt was not followed by another one"

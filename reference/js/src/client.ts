@@ -838,8 +838,9 @@ export class UnisockClient extends Emitter<ClientEvents> {
         abortSocket(socket, 4201, "heartbeat_timeout");
         end(close);
       };
-      // hello, then welcome within auth_timeout_ms, or the attempt failed (UNI-HB-12).
-      const welcomeTimer = timer(this.authTimeoutMs, () => abort(closeInfo(1006, "welcome_timeout", true)));
+      // The opening handshake gets auth_timeout_ms too; welcome then gets auth_timeout_ms from
+      // the moment hello is sent, or the attempt failed (UNI-HB-12).
+      let welcomeTimer = timer(this.authTimeoutMs, () => abort(closeInfo(1006, "connect_timeout", true)));
       const armSilence = (): void => {
         clearTimeout(silence);
         const heartbeat = this.welcomeMessage?.heartbeat;
@@ -861,6 +862,8 @@ export class UnisockClient extends Emitter<ClientEvents> {
         // hello is the first and, until welcome, the only message (UNI-LC-2, UNI-LC-3).
         const hello: HelloMessage = { type: "hello", token, client: this.info };
         socket.send(JSON.stringify(hello));
+        clearTimeout(welcomeTimer);
+        welcomeTimer = timer(this.authTimeoutMs, () => abort(closeInfo(1006, "welcome_timeout", true)));
       };
       socket.onmessage = (event) => {
         if (typeof event.data !== "string") {
