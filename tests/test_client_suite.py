@@ -113,6 +113,7 @@ BROKEN = [
     ("no_welcome_deadline", "without_welcome_is_abandoned", "UNI-HB-12", "non-strict"),
     ("close_leaves_reconnect_pending", "close_while_waiting", "UNI-CLOSE-7", "fail"),
     ("ignores_request_limits", "over_announced_limits", "UNI-LIM-4", "non-strict"),
+    ("stable_from_handshake", "holds_until_reset_after", "UNI-CLOSE-15", "fail"),
 ]
 
 

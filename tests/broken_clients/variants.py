@@ -363,6 +363,18 @@ def ignores_request_limits() -> None:
     client_module.Client._limit = limit  # type: ignore[method-assign]
 
 
+def stable_from_handshake() -> None:
+    """Counts the stable period from the opening handshake instead of from welcome."""
+    original = client_module.Client._connection
+
+    async def connection(self: client_module.Client, token: str) -> Any:
+        started = self._clock()
+        close, opened_at = await original(self, token)
+        return close, (started if opened_at is not None else None)
+
+    client_module.Client._connection = connection  # type: ignore[method-assign]
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
     "no_jitter": no_jitter,
     "no_backoff_cap": no_backoff_cap,
@@ -390,6 +402,7 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "no_welcome_deadline": no_welcome_deadline,
     "close_leaves_reconnect_pending": close_leaves_reconnect_pending,
     "ignores_request_limits": ignores_request_limits,
+    "stable_from_handshake": stable_from_handshake,
 }
 
 

@@ -177,6 +177,44 @@ async def check_attempt_counter_resets_after_a_stable_connection(ctx: Context) -
             await settle(ctx, conn)
 
 
+HOLD_CYCLES: Final = 9
+HOLD_FROM: Final = 3  # attempts from n = 3 on have ranges of 1600 ms and more
+
+
+@check("UNI-CLOSE-15", timeout_s=90)
+async def check_attempt_counter_holds_until_reset_after_ms_from_welcome(ctx: Context) -> None:
+    """Connections open just over half of reset_after_ms do not reset n; delays keep growing.
+
+    Each connection's welcome is held for half of reset_after_ms, and the connection is
+    closed 0.55 reset_after_ms after its welcome: stable counted from the handshake, but not
+    from welcome. A client that resets n (by that mistake or any other) keeps every delay
+    within the range of n = 0, which a conforming client, drawing from ranges of 1600 and
+    3200 ms for n >= 3, does in all 6 of those attempts with probability below 1e-4.
+    """
+    reset = round(800 * ctx.tol.scale)
+    backoff = {"base_ms": 200, "cap_ms": 3200, "floor_ms": 150, "reset_after_ms": reset}
+    ctx.harness.profile = {"backoff": backoff}
+    conn = await ctx.connect()
+    await ctx.call("subscribe", channel="tasks.42")
+    first_range = ctx.tol.high(backoff_range(backoff, 0)[1])
+    grown: list[float] = []
+    for attempt in range(HOLD_CYCLES):
+        await asyncio.sleep(0.55 * reset / 1000)
+        await end(conn, 1011, "internal_error")
+        low, high = backoff_range(backoff, attempt)
+        what = f"attempt n={attempt} after a connection open 0.55 reset_after_ms"
+        conn, delay = await expect_reconnect(ctx, conn, low, high, what)
+        if attempt >= HOLD_FROM:
+            grown.append(delay)
+        await asyncio.sleep(0.5 * reset / 1000)
+        await settle(ctx, conn)
+    shown = ", ".join(f"{d:.0f}" for d in grown)
+    assert any(d > first_range for d in grown), (
+        f"delays from n={HOLD_FROM} on never exceeded the range of n=0 ({first_range:.0f} ms): "
+        f"{shown}; the attempt counter was reset before reset_after_ms after welcome"
+    )
+
+
 def _closed_with(code: int, note: Mapping[str, Any]) -> bool:
     return note.get("state") == "closed" and (note.get("close") or {}).get("code") == code
 
@@ -379,6 +417,23 @@ async def check_drain_closes_with_1000_within_the_window_before_reconnecting(
         assert hello.at >= conn.ended_at, "hello on the new connection before the old closed"
         await settle(ctx, following)
         conn = following
+
+
+@check("UNI-SESS-5", "UNI-SESS-4")
+async def check_connect_while_open_keeps_the_one_connection(ctx: Context) -> None:
+    """The application asking to connect again while open gets the open connection."""
+    ctx.harness.profile = {"backoff": SHORT}
+    conn = await ctx.connect()
+    await ctx.call("subscribe", channel="tasks.42")
+    again = await ctx.call(
+        "connect", url=ctx.harness.url, token=ctx.token, timeout_ms=int(ctx.timeout * 1000)
+    )
+    with ctx.part("connect_reports_the_open_connection", "UNI-ADP-2"):
+        assert again.get("connection_id") in (None, conn.welcome and conn.welcome["connection_id"])
+    await ctx.call("subscribe", channel="fence.1")
+    assert conn.open, f"the connection was closed: {conn.client_close}"
+    assert len(ctx.harness.connections) == 1, "a second connection was opened while open"
+    assert [f["channel"] for f in conn.of_type("subscribe")] == ["tasks.42", "fence.1"]
 
 
 @check("UNI-CLOSE-7")
