@@ -143,6 +143,21 @@ def test_a_campaign_grades_every_kind_of_outcome(
     assert f"| `{reached['ident']}` | core.py:17 number | `0 => (-1)` | **unexplained** |" in table
 
 
+def test_rejudge_runs_only_the_survivors_again(toy: Target, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = ["toy", "--jobs", "2", "--nice", "0", "--time-scale", "1", "--out", str(out)]
+    assert main(argv, {"toy": lambda: toy}) == 0
+    first = json.loads((out / "results.json").read_text("utf-8"))
+    caught = {m["ident"] for m in first["mutants"] if m["status"] in ("killed", "timeout")}
+    assert main([*argv, "--rejudge"], {"toy": lambda: toy}) == 0
+    second = json.loads((out / "results.json").read_text("utf-8"))
+    assert second["rejudged"] == len(first["mutants"]) - len(caught)
+    assert second["summary"] == first["summary"]
+    kept = {m["ident"]: m for m in second["mutants"] if m["ident"] in caught}
+    assert kept == {m["ident"]: m for m in first["mutants"] if m["ident"] in caught}
+    assert "Judged again" in (out / "results.md").read_text("utf-8")
+
+
 def test_the_mutated_copy_is_what_the_suite_imports(toy: Target, tmp_path: Path) -> None:
     from tests.mutation.runner import Workspace, check_isolation, run_command
 

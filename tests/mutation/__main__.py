@@ -61,6 +61,12 @@ def _parser(targets: Sequence[str]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--verdicts", type=Path, help="verdict file (default tests/mutation/verdicts/TARGET.json)"
     )
+    parser.add_argument(
+        "--rejudge",
+        action="store_true",
+        help="judge again only the survivors of the last results of the same draw, keeping "
+        "its killed and timed-out mutants (after writing checks)",
+    )
     parser.add_argument("--list", action="store_true", help="list the drawn mutants and exit")
     parser.add_argument("--show", metavar="IDENT", help="print one mutant's diff and exit")
     return parser
@@ -85,6 +91,22 @@ def _draw(target: Target, args: argparse.Namespace) -> tuple[list[Mutant], int]:
         chosen = random.Random(args.seed).sample(everything, args.sample)
         return sorted(chosen, key=lambda m: (m.module, m.line, m.key)), len(everything)
     return everything, len(everything)
+
+
+def _caught_before(path: Path, mutants: list[Mutant]) -> tuple[list[Outcome], list[Mutant]]:
+    """Split a draw into the mutants ``path`` shows caught (kept) and the rest (judged)."""
+    if not path.is_file():
+        raise SystemExit(f"--rejudge needs earlier results: {path} is missing")
+    earlier = {m["ident"]: m for m in json.loads(path.read_text("utf-8"))["mutants"]}
+    kept, again = [], []
+    for mutant in mutants:
+        found = earlier.get(mutant.ident)
+        if found is not None and found["status"] in ("killed", "timeout"):
+            fields = {k: found[k] for k in Outcome.__dataclass_fields__ if k in found}
+            kept.append(Outcome(**fields))
+        else:
+            again.append(mutant)
+    return kept, again
 
 
 def _show(root: Path, mutant: Mutant) -> str:
@@ -118,6 +140,9 @@ def main(
     if args.nice:
         os.nice(args.nice)
     out = args.out or target.root / "build" / "mutation" / target.name
+    kept: list[Outcome] = []
+    if args.rejudge:
+        kept, mutants = _caught_before(out / "results.json", mutants)
     lock = threading.Lock()
 
     def say(text: str) -> None:
@@ -146,6 +171,8 @@ def main(
                 say(text[-3000:])
                 raise SystemExit("the suite fails the unmutated code: no campaign")
         say(f"judging {len(mutants)} of {total} mutants with {args.jobs} jobs")
+        if kept:
+            say(f"keeping {len(kept)} mutants the last results show caught")
         finished: list[Outcome] = []
 
         def done(outcome: Outcome) -> None:
@@ -171,11 +198,13 @@ def main(
         )
     finally:
         work.remove()
+    outcomes = [*kept, *outcomes]
     apply_verdicts(outcomes, load_verdicts(target.name, args.verdicts))
     meta = {
         "command": shlex.join(["python", "-m", "tests.mutation", *(argv or sys.argv[1:])]),
         "seed": args.seed,
-        "sampled": len(mutants),
+        "sampled": len(mutants) + len(kept),
+        "rejudged": len(mutants) if args.rejudge else None,
         "total": total,
         "time_scale": args.time_scale,
         "seconds": time.monotonic() - started,

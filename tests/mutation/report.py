@@ -73,7 +73,13 @@ def markdown(target: str, meta: Mapping[str, Any], outcomes: list[Outcome]) -> s
         "",
         f"Command: `{meta['command']}`  ",
         f"Mutants: {meta['sampled']} of {meta['total']} (seed {meta['seed']}); "
-        f"wall time {meta['seconds']:.0f} s.",
+        f"wall time {meta['seconds']:.0f} s."
+        + (
+            f" Judged again: the {meta['rejudged']} survivors of the previous results; the "
+            "mutants caught then are kept."
+            if meta.get("rejudged") is not None
+            else ""
+        ),
         "",
         "| module | mutants | killed | timeout | survived | (not reached) | equivalent | score |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
