@@ -335,14 +335,21 @@ async def check_requests_over_announced_limits_are_refused_locally(ctx: Context)
 
 @check("UNI-HB-12")
 async def check_attempt_without_welcome_is_abandoned_after_auth_timeout(ctx: Context) -> None:
-    """No welcome within the announced auth_timeout_ms: the attempt ends, then another one."""
+    """No welcome within the announced auth_timeout_ms of hello: the attempt ends, another follows.
+
+    The harness holds the opening handshake for half the deadline, so a client that times
+    the welcome from the start of the attempt instead of from hello gives up that much
+    early. The wait is measured from the hello's arrival, not its sending, so both bounds
+    get the upper tolerance of spec 16.6.
+    """
     from unisock_conformance.client_suite.checks_reconnect import SHORT, quiet_ms
 
-    deadline = 600
+    deadline = 1000
     ctx.harness.profile = {"backoff": SHORT, "limits": {"auth_timeout_ms": deadline}}
     conn = await ctx.connect()
+    ctx.harness.handshake_hold_s = deadline / 2000
     await conn.close(1011, "internal_error")
-    waiting = await ctx.reconnect(conn, quiet_ms(ctx, SHORT))
+    waiting = await ctx.reconnect(conn, quiet_ms(ctx, SHORT) + deadline / 2)
     assert waiting is not None, "no reconnection after 1011"
     hello_at = waiting.frames[0].at
     limit = ctx.tol.high(deadline)
@@ -352,8 +359,9 @@ async def check_attempt_without_welcome_is_abandoned_after_auth_timeout(ctx: Con
     )
     assert waiting.ended_at is not None
     waited = (waiting.ended_at - hello_at) * 1000
-    assert waited >= ctx.tol.low(deadline), (
+    earliest = deadline - (limit - deadline)
+    assert waited >= earliest, (
         f"the client gave up {waited:.0f} ms after hello, before auth_timeout_ms {deadline}"
     )
-    following = await ctx.reconnect(waiting, quiet_ms(ctx, SHORT))
+    following = await ctx.reconnect(waiting, quiet_ms(ctx, SHORT) + deadline / 2)
     assert following is not None, "the abandoned attempt was not followed by another one"

@@ -430,6 +430,8 @@ class Harness:
     any_channel: bool = False
     """Accept frames whose only fault is a ``channel`` outside the grammar: names a check
     gives the application on purpose, which a client may send unchanged (UNI-CH-6)."""
+    handshake_hold_s: float = 0.0
+    """How long the harness holds each opening handshake before its ``101`` response."""
     select_protocol: bool = True
     """Whether the ``101`` response selects ``unisock.v1``; False answers without one."""
     signal: Signal = field(default_factory=Signal)
@@ -587,13 +589,17 @@ class Harness:
 
     # -- websockets callbacks ---------------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
         # The earliest moment the harness sees an attempt: the delay measurements start here.
         self._requests[id(connection)] = (
             time.monotonic(),
             request.path,
             list(request.headers.raw_items()),
         )
+        if self.handshake_hold_s > 0:
+            await asyncio.sleep(self.handshake_hold_s)
         return None
 
     def _select_subprotocol(
