@@ -156,6 +156,11 @@ def test_rejudge_runs_only_the_survivors_again(toy: Target, tmp_path: Path) -> N
     kept = {m["ident"]: m for m in second["mutants"] if m["ident"] in caught}
     assert kept == {m["ident"]: m for m in first["mutants"] if m["ident"] in caught}
     assert "Judged again" in (out / "results.md").read_text("utf-8")
+    doubtful = sorted(caught)[0]
+    assert main([*argv, "--rejudge", "--only", doubtful], {"toy": lambda: toy}) == 0
+    third = json.loads((out / "results.json").read_text("utf-8"))
+    assert third["rejudged"] == 1
+    assert third["summary"] == first["summary"]
 
 
 def test_the_mutated_copy_is_what_the_suite_imports(toy: Target, tmp_path: Path) -> None:

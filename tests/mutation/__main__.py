@@ -65,7 +65,8 @@ def _parser(targets: Sequence[str]) -> argparse.ArgumentParser:
         "--rejudge",
         action="store_true",
         help="judge again only the survivors of the last results of the same draw, keeping "
-        "its killed and timed-out mutants (after writing checks)",
+        "its killed and timed-out mutants (after writing checks); with --only, judge again "
+        "just those mutants and keep every other outcome (to confirm a doubtful kill)",
     )
     parser.add_argument("--list", action="store_true", help="list the drawn mutants and exit")
     parser.add_argument("--show", metavar="IDENT", help="print one mutant's diff and exit")
@@ -81,7 +82,7 @@ def _draw(target: Target, args: argparse.Namespace) -> tuple[list[Mutant], int]:
     if args.operator:
         everything = [m for m in everything if m.operator in args.operator]
     everything.sort(key=lambda m: m.key)
-    if args.only:
+    if args.only and not args.rejudge:
         chosen = [m for m in everything if m.ident in args.only]
         missing = sorted(set(args.only) - {m.ident for m in chosen})
         if missing:
@@ -93,20 +94,33 @@ def _draw(target: Target, args: argparse.Namespace) -> tuple[list[Mutant], int]:
     return everything, len(everything)
 
 
-def _caught_before(path: Path, mutants: list[Mutant]) -> tuple[list[Outcome], list[Mutant]]:
-    """Split a draw into the mutants ``path`` shows caught (kept) and the rest (judged)."""
+def _caught_before(
+    path: Path, mutants: list[Mutant], again: set[str]
+) -> tuple[list[Outcome], list[Mutant]]:
+    """Split a draw into outcomes kept from ``path`` and mutants to judge again.
+
+    Without ``again`` the survivors are judged again and the caught mutants kept; with it,
+    exactly the mutants named there are judged again and every other outcome is kept.
+    """
     if not path.is_file():
         raise SystemExit(f"--rejudge needs earlier results: {path} is missing")
     earlier = {m["ident"]: m for m in json.loads(path.read_text("utf-8"))["mutants"]}
-    kept, again = [], []
+    kept, judged = [], []
     for mutant in mutants:
         found = earlier.get(mutant.ident)
-        if found is not None and found["status"] in ("killed", "timeout"):
+        if again:
+            keep = found is not None and mutant.ident not in again
+        else:
+            keep = found is not None and found["status"] in ("killed", "timeout")
+        if keep:
+            assert found is not None
             fields = {k: found[k] for k in Outcome.__dataclass_fields__ if k in found}
+            if fields["status"] == "equivalent":  # verdicts are applied afresh
+                fields.update(status="survived", verdict="", why="")
             kept.append(Outcome(**fields))
         else:
-            again.append(mutant)
-    return kept, again
+            judged.append(mutant)
+    return kept, judged
 
 
 def _show(root: Path, mutant: Mutant) -> str:
@@ -142,7 +156,7 @@ def main(
     out = args.out or target.root / "build" / "mutation" / target.name
     kept: list[Outcome] = []
     if args.rejudge:
-        kept, mutants = _caught_before(out / "results.json", mutants)
+        kept, mutants = _caught_before(out / "results.json", mutants, set(args.only))
     lock = threading.Lock()
 
     def say(text: str) -> None:

@@ -75,8 +75,8 @@ def markdown(target: str, meta: Mapping[str, Any], outcomes: list[Outcome]) -> s
         f"Mutants: {meta['sampled']} of {meta['total']} (seed {meta['seed']}); "
         f"wall time {meta['seconds']:.0f} s."
         + (
-            f" Judged again: the {meta['rejudged']} survivors of the previous results; the "
-            "mutants caught then are kept."
+            f" Judged again: {meta['rejudged']} mutants; the other outcomes are kept from "
+            "the previous results of the same draw."
             if meta.get("rejudged") is not None
             else ""
         ),
