@@ -60,16 +60,17 @@ def failed_checks(result: ClientRun) -> list[str]:
 
 
 @pytest.mark.slow
-def test_reference_client_passes_the_whole_client_suite_in_under_two_minutes(
+def test_reference_client_passes_the_whole_client_suite_in_under_four_minutes(
     tmp_path: Path,
 ) -> None:
     started = time.monotonic()
-    result = run(REFERENCE, time_scale=SCALE, jobs=3)
+    result = run(REFERENCE, time_scale=SCALE, jobs=2)
     elapsed = time.monotonic() - started
     problems = {node: r.message for node, r in result.results.items() if r.status != "passed"}
     assert problems == {}
     assert result.exit_status == 0
-    assert elapsed < 120
+    # Two checks at a time: about a minute and a half on an idle machine.
+    assert elapsed < 240
     paths = write_client_reports(tmp_path, result, "all")
     report = json.loads(paths["json"].read_text("utf-8"))
     schema = json.loads(SCHEMA_PATH.read_text("utf-8"))
