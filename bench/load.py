@@ -463,7 +463,11 @@ async def _clients(
         shared.ready[slot] = 1
         while not control[0] and not _orphaned(parent):
             await asyncio.sleep(0.02)
-        report = {"samples": probe.samples, "cross_tenant": probe.cross_tenant}
+        report = {
+            "samples": probe.samples,
+            "cross_tenant": probe.cross_tenant,
+            "lost": sum(1 for conn in conns if conn.closed.done()),
+        }
     results.send(report)
 
 

@@ -595,7 +595,7 @@ def _paced(
         else:
             expected = report["sent"] * len(specs)
         with contextlib.suppress(TimeoutError):  # a shortfall is reported, not raised
-            h.wait_until(lambda: clients.received() >= expected, 30, "every delivery", 0.01)
+            h.wait_until(lambda: clients.received() >= expected, 15, "every delivery", 0.01)
         time.sleep(0.2)
         total = clients.received()
         reports = clients.stop()
@@ -615,6 +615,7 @@ def _paced(
         "expected_deliveries": expected,
         "delivered_total": total,
         "cross_tenant": sum(r.get("cross_tenant", 0) for r in reports),
+        "connections_lost": sum(r.get("lost", 0) for r in reports),
         "server_cpu_s": round(cpu, 3),
         "cpu_s_per_million": round(cpu / got * 1e6, 3) if got else None,
         "server_cpu_share": round(cpu / wall, 3),
