@@ -33,6 +33,7 @@ from unisock_conformance.deployment import (
     default_time_scale,
     hypothesis_profile,
 )
+from unisock_conformance.flags import for_pytest
 from unisock_conformance.grading import (
     TestResult,
     combine,
@@ -45,7 +46,7 @@ from unisock_conformance.grading import (
 from unisock_conformance.markers import scan_tests
 from unisock_conformance.pacing import Pacer
 from unisock_conformance.paths import SPEC_DIR
-from unisock_conformance.progress import Progress
+from unisock_conformance.progress import Progress, summary_lines
 from unisock_conformance.report import (
     SCHEMA_PATH,
     RunInfo,
@@ -236,24 +237,86 @@ def test_plugin_grades_musts_without_checks_as_untested(
     assert 'href="../spec/02-lifecycle/"' in (report_dir / "report.html").read_text("utf-8")
 
 
-def test_runner_exits_1_and_lists_failed_musts_when_the_server_refuses_the_tokens(
+def test_runner_reports_a_refused_token_as_a_setup_error_in_one_line(
     reference_server: ReferenceServer, tmp_path: Path
 ) -> None:
     report_dir = tmp_path / "report"
     wrong = "a-different-secret-than-the-server-has-0123456789"
     result = _run(_runner(reference_server.url, report_dir, "-k", "smoke", secret=wrong), tmp_path)
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "Failed MUST requirements:" in result.stdout
-    assert "--seed 12345 -k 'test_server_delivers_a_published_event_to_a_subscriber'" in (
-        result.stdout
-    )
+    assert result.returncode == 12, result.stdout + result.stderr
+    errors = [line for line in result.stdout.splitlines() if line.startswith("Setup error:")]
+    assert errors == [
+        f"Setup error: {reference_server.url} refused the suite's token (close 4100): "
+        "check --secret, --issuer and --audience"
+    ]
+    assert "Verdict: setup error (exit status 12)" in result.stdout
+    assert "FAIL" not in result.stdout
     report = _report(report_dir)
-    assert report["summary"]["verdict"] == "non-conforming"
-    failed = {entry["id"] for entry in report["summary"]["failed_musts"]}
-    assert "UNI-LC-9" in failed
+    assert report["summary"]["verdict"] == "setup error"
+    assert report["summary"]["setup_error"]["kind"] == "token-refused"
+    assert report["summary"]["failed_musts"] == []
     assert wrong not in (report_dir / "report.json").read_text("utf-8")
     suite = ET.parse(report_dir / "junit.xml").getroot()
-    assert suite.get("failures") == "1"
+    assert suite.get("failures") == "0"
+
+
+@pytest.fixture
+def draining_server() -> Iterator[str]:
+    """A WebSocket endpoint that refuses every handshake with 503, as a draining node does."""
+
+    def refuse(connection: ServerConnection, request: Any) -> Any:
+        return connection.respond(503, "draining\n")
+
+    with serve(lambda connection: None, "127.0.0.1", 0, process_request=refuse) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        host, port = server.socket.getsockname()[:2]
+        yield f"ws://{host}:{port}/"
+        server.shutdown()
+        thread.join(timeout=30 * SCALE)
+
+
+def _closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"ws://127.0.0.1:{port}/"
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "line"),
+    [
+        ("unreachable", 10, r"cannot reach ws://127\.0\.0\.1:\d+/: .*[Cc]onnect"),
+        ("origin", 11, r"refused the WebSocket handshake \(HTTP 403\); is 'https://evil\.test' "),
+        ("draining", 13, r"is draining \(HTTP 503\): run the suite against a node that serves"),
+        ("token-command", 14, r"token command: the token command exited with status 1 "),
+    ],
+)
+def test_preflight_names_each_setup_error_in_one_line_with_its_own_status(
+    reference_server: ReferenceServer,
+    draining_server: str,
+    tmp_path: Path,
+    case: str,
+    status: int,
+    line: str,
+) -> None:
+    url = {"unreachable": _closed_port_url(), "draining": draining_server}.get(
+        case, reference_server.url
+    )
+    argv = ["-m", "unisock_conformance.runner", "server", url, "--report-dir", str(tmp_path)]
+    if case == "token-command":
+        argv += ["--token-command", f"{sys.executable} -c 'import sys; sys.exit(1)'"]
+    else:
+        argv += ["--secret", SECRET]
+    if case == "origin":
+        argv += ["--origin", "https://evil.test"]
+    result = _run([*argv, "-k", "smoke"], tmp_path)
+    assert result.returncode == status, result.stdout + result.stderr
+    errors = [text for text in result.stdout.splitlines() if text.startswith("Setup error:")]
+    assert len(errors) == 1 and re.search(line, errors[0]), result.stdout
+    assert _report(tmp_path)["summary"]["setup_error"]["message"] in errors[0]
 
 
 def _plugin_argv(url: str, tmp_path: Path, report_dir: Path, *modules: str) -> list[str]:
@@ -295,9 +358,12 @@ def test_plugin_runs_drain_checks_last_and_grades_them_not_run_without_the_hook(
     tests = {t["id"].rsplit("::", 1)[-1]: t for t in report["tests"]}
     drain = [t for name, t in tests.items() if "drain" in name]
     assert len(drain) == 4
-    assert all(t["outcome"] == "not-run" and "needs --drain-command" in t["message"] for t in drain)
+    # Under plain pytest, messages name the plugin's options.
+    assert all(
+        t["outcome"] == "not-run" and "needs --unisock-drain-command" in t["message"] for t in drain
+    )
     cluster = tests["test_server_supersedes_a_session_opened_again_on_another_node"]
-    assert cluster["outcome"] == "not-run" and "needs --node-url" in cluster["message"]
+    assert cluster["outcome"] == "not-run" and "needs --unisock-node-url" in cluster["message"]
     outcomes = _outcomes(report)
     assert outcomes["UNI-CLOSE-21"] == outcomes["UNI-SESS-14"] == "not-run"
     assert outcomes["UNI-CONF-5"] == "inspection"
@@ -643,6 +709,58 @@ def test_not_run_must_does_not_fail_the_run() -> None:
     assert exit_status(grades) == 0
 
 
+def test_verdict_counts_the_musts_not_run_and_require_complete_fails_on_them() -> None:
+    hook = "not-run: needs --drain-command"
+    results = [
+        TestResult("t.py::drain", ("UNI-A-1", "UNI-A-4"), "skipped", hook),
+        TestResult("t.py::should", ("UNI-A-2",), "passed"),
+    ]
+    grades = grade_requirements(REGISTRY_SAMPLE, results, features=frozenset({"coalescing"}))
+    assert verdict(grades) == "conforming, 2 MUSTs not run"
+    assert exit_status(grades) == 0 and exit_status(grades, require_complete=True) == 6
+    results.append(TestResult("t.py::other", ("UNI-A-1", "UNI-A-4"), "passed"))
+    grades = grade_requirements(REGISTRY_SAMPLE, results, features=frozenset({"coalescing"}))
+    assert verdict(grades) == "conforming"  # one check ran: the skipped one does not count
+    assert exit_status(grades, require_complete=True) == 0
+    results[1] = TestResult("t.py::should", ("UNI-A-2",), "failed", "E   nope")
+    results[2] = TestResult("t.py::other", ("UNI-A-4",), "passed")
+    grades = grade_requirements(REGISTRY_SAMPLE, results, features=frozenset({"coalescing"}))
+    assert verdict(grades) == "conforming (non-strict), 1 MUST not run"
+
+
+def test_summary_lists_musts_not_run_with_the_option_that_runs_them() -> None:
+    deployment = Deployment("ws://h/", secret=SECRET, seed=3)
+    results = {
+        "t.py::drain": TestResult(
+            "t.py::drain", ("UNI-A-1", "UNI-A-4"), "skipped", "not-run: needs --drain-command"
+        ),
+        "t.py::idle": TestResult(
+            "t.py::idle",
+            ("UNI-A-2",),
+            "skipped",
+            "not-run: skipped for time: x needs 450.6 s of waiting, more than this run's budget "
+            "of 120.0 s per timing check; run with --time-budget 452 or --profile full",
+        ),
+    }
+    grades = grade_requirements(REGISTRY_SAMPLE, results.values(), features=None)
+    cli = "\n".join(summary_lines(grades, results, deployment))
+    assert "MUST requirements not run (2), and why:\n  UNI-A-1, UNI-A-4\n" in cli
+    assert "      needs --drain-command" in cli
+    assert "1 timing check(s) skipped for time; --time-budget 452 runs them all:" in cli
+    assert "Verdict: conforming, 2 MUSTs not run (seed 3)" in cli
+    plain = "\n".join(summary_lines(grades, results, deployment, cli=False))
+    assert "--unisock-time-budget 452 runs them all" in plain
+
+
+def test_messages_name_the_options_of_the_mode_the_suite_runs_in() -> None:
+    text = "needs --drain-command and --node-url; run with --time-budget 9 or --profile full"
+    assert for_pytest(text) == (
+        "needs --unisock-drain-command and --unisock-node-url; run with "
+        "--unisock-time-budget 9 or --unisock-profile full"
+    )
+    assert for_pytest("--unisock-seed 3 and --secrets") == "--unisock-seed 3 and --secrets"
+
+
 # -- deployment, names, reports ---------------------------------------------------------------
 
 
@@ -829,6 +947,11 @@ def test_timing_check_beyond_the_budget_is_not_run_and_names_the_budget_that_run
     ):
         require_time(quick, 90.0, "a long wait")
     require_time(Deployment("ws://a/", time_budget_s=100.0), 90.0, "a long wait")
+    # Never "3.0 s exceeds the budget of 3.0 s"; no --profile hint when --time-budget rules.
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        require_time(Deployment("ws://a/", time_budget_s=3.0), 3.01, "a wait")
+    assert "needs 3.1 s of waiting, more than this run's budget of 3.0 s" in str(skipped.value)
+    assert "--profile" not in str(skipped.value)
 
 
 def test_report_keeps_a_long_failure_whole_in_a_linked_file(tmp_path: Path) -> None:

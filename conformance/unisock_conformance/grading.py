@@ -19,9 +19,20 @@ from typing import Any, Final, Literal
 from unisock_conformance.deployment import NOT_APPLICABLE_PREFIX, UNIMPLEMENTED_PREFIX
 
 __all__ = [
+    "EXIT_CONFORMING",
+    "EXIT_DRAINING",
+    "EXIT_HANDSHAKE_REFUSED",
+    "EXIT_INCOMPLETE",
+    "EXIT_INTERNAL",
+    "EXIT_NON_CONFORMING",
+    "EXIT_TOKEN_COMMAND",
+    "EXIT_TOKEN_REFUSED",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
     "OUTCOMES",
     "REQUIREMENT_OUTCOMES",
     "SERVER_ROLES",
+    "SETUP_ERROR",
     "SEVERITY",
     "VERIFICATION_INSPECTION",
     "VIOLATED_PROPERTY",
@@ -35,6 +46,7 @@ __all__ = [
     "exit_status",
     "grade_requirements",
     "grade_test",
+    "not_run_musts",
     "outcome_for_level",
     "verdict",
     "worst",
@@ -52,7 +64,23 @@ RequirementOutcome = Literal[
     "not-applicable",
 ]
 Status = Literal["passed", "failed", "skipped", "deselected"]
-Verdict = Literal["conforming", "conforming (non-strict)", "non-conforming"]
+Verdict = str
+"""Spec 14.2: ``conforming`` or ``conforming (non-strict)``, each possibly followed by
+``, N MUSTs not run``; ``non-conforming``; ``setup error``."""
+SETUP_ERROR: Final = "setup error"
+
+# Exit statuses of a server run (documented in the conformance how-to).
+EXIT_CONFORMING: Final = 0
+EXIT_NON_CONFORMING: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_INCOMPLETE: Final = 6
+"""``--require-complete`` and at least one applicable MUST was not run."""
+EXIT_UNREACHABLE: Final = 10
+EXIT_HANDSHAKE_REFUSED: Final = 11
+EXIT_TOKEN_REFUSED: Final = 12
+EXIT_DRAINING: Final = 13
+EXIT_TOKEN_COMMAND: Final = 14
+EXIT_INTERNAL: Final = 70
 
 OUTCOMES: Final[tuple[Outcome, ...]] = (
     "pass",
@@ -242,22 +270,36 @@ def grade_requirements(
     return grades
 
 
+def not_run_musts(grades: Grades) -> list[RequirementGrade]:
+    """The applicable MUSTs none of whose checks ran (in registry order)."""
+    return [g for g in grades.requirements.values() if g.level == "MUST" and g.outcome == "not-run"]
+
+
 def verdict(grades: Grades) -> Verdict:
-    """Spec 14.2: any ``fail`` -> non-conforming; else any ``non-strict`` -> non-strict."""
+    """Spec 14.2: any ``fail`` -> non-conforming; else conforming, ``(non-strict)`` when a
+    recommendation failed, and ``, N MUSTs not run`` when absolute requirements went unchecked.
+    """
     outcomes = {grade.outcome for grade in grades.requirements.values()}
     if "fail" in outcomes:
         return "non-conforming"
-    if "non-strict" in outcomes:
-        return "conforming (non-strict)"
-    return "conforming"
+    base = "conforming (non-strict)" if "non-strict" in outcomes else "conforming"
+    count = len(not_run_musts(grades))
+    if count:
+        return f"{base}, {count} MUST{'s' if count != 1 else ''} not run"
+    return base
 
 
-def exit_status(grades: Grades) -> int:
-    """0 when no MUST that was run failed (not-run and untested MUSTs are reported, not fatal).
-
-    A check graded ``fail`` also makes it 1, even when its IDs are of another role.
+def exit_status(grades: Grades, *, require_complete: bool = False) -> int:
+    """0 when no MUST that was run failed; 1 when one did; with ``require_complete``,
+    ``EXIT_INCOMPLETE`` when none failed but at least one was not run (untested MUSTs have no
+    check to run). A check graded ``fail`` also makes it 1, even when its IDs are of another
+    role.
     """
     failed = any(
         grade.outcome == "fail" and grade.level == "MUST" for grade in grades.requirements.values()
     )
-    return 1 if failed or "fail" in grades.tests.values() else 0
+    if failed or "fail" in grades.tests.values():
+        return EXIT_NON_CONFORMING
+    if require_complete and not_run_musts(grades):
+        return EXIT_INCOMPLETE
+    return EXIT_CONFORMING

@@ -4,21 +4,28 @@ table at the end. Plain lines (one per check module) when the output is not a te
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Mapping
-from typing import Final, TextIO
+from typing import TYPE_CHECKING, Final, TextIO
 
 from unisock_conformance.deployment import Deployment
-from unisock_conformance.grading import Grades, TestResult, verdict
+from unisock_conformance.flags import for_pytest
+from unisock_conformance.grading import SETUP_ERROR, Grades, TestResult, not_run_musts, verdict
 from unisock_conformance.report import (
     RunInfo,
     failure_file,
     group_tests,
+    not_run_reasons,
     rerun_hint,
     sanitize_text,
     sanitize_url,
 )
+from unisock_conformance.timing import TIME_PREFIX
+
+if TYPE_CHECKING:
+    from unisock_conformance.preflight import SetupError
 
 __all__ = ["Progress", "summary_lines"]
 
@@ -101,6 +108,13 @@ class Progress:
         )
         self._status()
 
+    def notice(self, line: str) -> None:
+        """A line the person running the suite must see (setup errors, drain ahead)."""
+        self._flush_area()
+        self.area = None
+        self._write(line)
+        self._status()
+
     def collect_error(self, nodeid: str, text: str) -> None:
         self._write(self._paint("fail", f"ERROR collecting {nodeid or 'the suite'}"))
         self._write(_indent(sanitize_text(text, self.deployment)))
@@ -132,7 +146,8 @@ class Progress:
         self._flush_area()
         if self.tty:
             self.stream.write("\r\x1b[2K")
-        for line in summary_lines(grades, results, self.deployment):
+        setup_error = run.setup_error if run is not None else None
+        for line in summary_lines(grades, results, self.deployment, setup_error=setup_error):
             self.stream.write(line + "\n")
         self.stream.flush()
 
@@ -154,13 +169,65 @@ def _indent(text: str, limit: int = 25) -> str:
     return "\n".join(f"    {line}" for line in lines)
 
 
+def _not_run_lines(grades: Grades, results: Mapping[str, TestResult]) -> list[str]:
+    """The MUSTs not run, grouped by what would run them."""
+    musts = not_run_musts(grades)
+    if not musts:
+        return []
+    by_reason: dict[str, list[str]] = {}
+    for grade in musts:
+        reasons = not_run_reasons(grade, results) or ["no check selected"]
+        by_reason.setdefault(reasons[0], []).append(grade.id)
+    lines = ["", f"MUST requirements not run ({len(musts)}), and why:"]
+    for reason, idents in sorted(by_reason.items(), key=lambda item: -len(item[1])):
+        shown = idents if len(idents) <= 12 else [*idents[:10], f"and {len(idents) - 10} more"]
+        lines.append(f"  {', '.join(shown)}")
+        lines.append(f"      {_one_line(reason)}")
+    return lines
+
+
+_BUDGET: Final = re.compile(r"--time-budget (\d+)")
+
+
+def _time_lines(results: Mapping[str, TestResult], cli: bool) -> list[str]:
+    """Timing checks skipped for time, and the budget that runs them all."""
+    skipped = [r for r in results.values() if r.message.strip().startswith(TIME_PREFIX)]
+    if not skipped:
+        return []
+    budgets = [int(m.group(1)) for r in skipped for m in [_BUDGET.search(r.message)] if m]
+    hint = f"--time-budget {max(budgets)}" if budgets else "a larger --time-budget"
+    hint = hint if cli else for_pytest(hint)
+    return [
+        "",
+        f"{len(skipped)} timing check(s) skipped for time; {hint} runs them all:",
+        *(f"  {r.nodeid.rsplit('::', 1)[-1]}" for r in skipped),
+    ]
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def summary_lines(
     grades: Grades,
     results: Mapping[str, TestResult],
     deployment: Deployment,
     seed_option: str = "--seed",
+    *,
+    setup_error: SetupError | None = None,
+    cli: bool = True,
 ) -> list[str]:
-    """The end-of-run table per level, the failed MUSTs with their checks, and the verdict."""
+    """The end-of-run table per level, the failed MUSTs with their checks, the MUSTs not run
+    with what runs them, and the verdict (spec 14.2); a setup error replaces all of it."""
+    if setup_error is not None:
+        return [
+            "",
+            f"Setup error: {setup_error.message}",
+            "No check was run.",
+            "",
+            f"Verdict: {SETUP_ERROR} (exit status {setup_error.status})",
+        ]
     applicable = [g for g in grades.requirements.values() if g.outcome != "not-applicable"]
     header = f"{'level':<8}" + "".join(f"{c:>15}" for c in _COLUMNS) + f"{'total':>8}"
     lines = ["", "Requirements by level:", header]
@@ -184,9 +251,8 @@ def summary_lines(
             lines.append(f"  {grade.id} ({grade.section}) {grade.summary}")
             failing = [t for t in grade.tests if grades.tests.get(t) == "fail"]
             lines += [f"      {entry}" for entry in group_tests(failing)]
-    not_run = sum(1 for g in applicable if g.level == "MUST" and g.outcome == "not-run")
-    if not_run:
-        lines.append(f"{not_run} MUST requirement(s) not run (see report for reasons).")
+    lines += _not_run_lines(grades, results)
+    lines += _time_lines(results, cli)
     inspection = sum(1 for g in applicable if g.level == "MUST" and g.outcome == "inspection")
     if inspection:
         lines.append(

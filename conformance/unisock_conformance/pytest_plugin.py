@@ -11,6 +11,7 @@ reports. Usage::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
@@ -28,6 +29,7 @@ from unisock_conformance.deployment import (
     default_time_scale,
     hypothesis_profile,
 )
+from unisock_conformance.flags import for_pytest
 from unisock_conformance.grading import (
     SERVER_ROLES,
     VIOLATED_PROPERTY,
@@ -38,6 +40,7 @@ from unisock_conformance.grading import (
     grade_test,
 )
 from unisock_conformance.paths import SPEC_DIR
+from unisock_conformance.preflight import SetupError, preflight
 from unisock_conformance.spectext import load_registry
 from unisock_conformance.timing import TIMING_MARKER, Background
 
@@ -149,6 +152,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--unisock-audience",
         metavar="AUD",
         help="the audience the deployment requires: tokens the suite signs carry it as aud",
+    )
+    group.addoption(
+        "--unisock-require-complete",
+        action="store_true",
+        help="exit with status 6 when any MUST was not run (default: not-run MUSTs are listed "
+        "in the verdict but do not fail the run)",
     )
     group.addoption(
         "--unisock-progress",
@@ -278,6 +287,11 @@ class Suite:
         }
         self.started_at = time.time()
         self.finished_at: float | None = None
+        self.cli = bool(config.getoption("--unisock-progress"))
+        """Run by ``unisock conformance server``: messages name its options, not pytest's."""
+        self.require_complete = bool(config.getoption("--unisock-require-complete"))
+        self.setup_error: SetupError | None = None
+        self._drain_announced = False
         self.items: dict[str, pytest.Item] = {}
         self.results: dict[str, TestResult] = {}
         self.collect_errors: list[tuple[str, str]] = []
@@ -388,12 +402,62 @@ class Suite:
     # -- running ----------------------------------------------------------------------------
 
     @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> bool | None:
+        """The preflight, before any check: a setup error ends the run before it starts."""
+        selected = [item for item in session.items if item.nodeid in self.items]
+        if not selected or self.collect_errors:
+            return None
+        welcome, error = preflight(self.deployment, cli=self.cli)
+        if error is None:
+            if welcome:
+                self._info = ServerInfo(welcome)
+            return None
+        self.setup_error = error
+        for item in selected:
+            self.results[item.nodeid] = TestResult(
+                item.nodeid,
+                markers.requirements_of(item),
+                "skipped",
+                f"not-run: setup error: {error.message}",
+            )
+        return True  # no check runs; the summary names the error
+
+    def _notice(self, line: str) -> None:
+        """One line for the person running the suite, in either mode (pytest's output
+        capture is suspended, or a check's setup would swallow it)."""
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        suspended = (
+            capture.global_and_fixture_disabled()
+            if capture is not None
+            else contextlib.nullcontext()
+        )
+        with suspended:
+            if self.progress is not None:
+                self.progress.notice(line)
+                return
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.write_line(line)
+
+    @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         if item.nodeid not in self.items:
             return
         self._start_background()
         if _late_order(item) > 0:
             self.background.wait_all()  # nothing may run while the server resets or drains
+        if (
+            _late_order(item) == 2
+            and self.deployment.drain_command is not None
+            and not self._drain_announced
+        ):
+            self._drain_announced = True
+            self._notice(
+                "Drain checks run last: they run --drain-command and leave the server draining"
+                if self.cli
+                else "Drain checks run last: they run --unisock-drain-command and leave the "
+                "server draining"
+            )
         ids = markers.requirements_of(item)
         if not ids:
             pytest.fail("conformance check carries no @pytest.mark.requirement(...) ID")
@@ -420,11 +484,11 @@ class Suite:
         duration = (previous.duration_s if previous is not None else 0.0) + report.duration
         if report.failed:
             if status != "failed":
-                message = _failure_text(report)
+                message = self._text(_failure_text(report))
             status = "failed"
         elif report.skipped and status != "failed":
             status = "skipped"
-            message = _skip_reason(report)
+            message = self._text(_skip_reason(report))
         elif report.passed and report.when == "call" and status is None:
             status = "passed"
         if status is None and report.when == "teardown":
@@ -445,6 +509,10 @@ class Suite:
         if report.when == "teardown" and self.progress is not None:
             result = self.results[report.nodeid]
             self.progress.test_done(result, self._grade_one(result))
+
+    def _text(self, text: str) -> str:
+        """A message naming the options of the mode the suite runs in."""
+        return text if self.cli else for_pytest(text)
 
     def _grade_one(self, result: TestResult) -> str:
         levels = [
@@ -468,8 +536,11 @@ class Suite:
         self.finished_at = time.time()
         grades = self.grade()
         code = int(exitstatus)
-        if code in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) and not self.collect_errors:
-            code = exit_status(grades)
+        if self.setup_error is not None:
+            code = self.setup_error.status
+            session.exitstatus = code
+        elif code in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) and not self.collect_errors:
+            code = exit_status(grades, require_complete=self.require_complete)
             session.exitstatus = code
         from unisock_conformance.report import RunInfo, write_junit, write_reports
 
@@ -480,6 +551,8 @@ class Suite:
             server_info=self._info,
             exit_status=code,
             collect_errors=tuple(self.collect_errors),
+            setup_error=self.setup_error,
+            cli=self.cli,
         )
         report_dir = self.config.getoption("--unisock-report-dir")
         if report_dir:
@@ -503,7 +576,14 @@ class Suite:
         from unisock_conformance.progress import summary_lines
 
         terminalreporter.section("Unisock conformance")
-        lines = summary_lines(self.grades, self.results, self.deployment, "--unisock-seed")
+        lines = summary_lines(
+            self.grades,
+            self.results,
+            self.deployment,
+            "--unisock-seed",
+            setup_error=self.setup_error,
+            cli=False,
+        )
         for line in lines:
             terminalreporter.write_line(line)
 

@@ -17,15 +17,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from unisock_conformance.deployment import Deployment, ServerInfo
+from unisock_conformance.deployment import NOT_RUN_PREFIX, Deployment, ServerInfo
 from unisock_conformance.grading import (
     OUTCOMES,
     REQUIREMENT_OUTCOMES,
+    SETUP_ERROR,
     Grades,
+    RequirementGrade,
     TestResult,
+    not_run_musts,
     verdict,
 )
 
@@ -52,6 +55,9 @@ REPORT_VERSION: Final = 1
 REPORT_SCHEMA_ID: Final = "https://unisock.dev/schemas/conformance/report-1.json"
 SCHEMA_PATH: Final = Path(__file__).resolve().parent / "report.schema.json"
 LEVELS: Final = ("MUST", "SHOULD", "MAY")
+if TYPE_CHECKING:
+    from unisock_conformance.preflight import SetupError
+
 _JWT: Final = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _MESSAGE_LIMIT: Final = 4000
 
@@ -66,6 +72,10 @@ class RunInfo:
     server_info: ServerInfo | None
     exit_status: int
     collect_errors: tuple[tuple[str, str], ...] = ()
+    setup_error: SetupError | None = None
+    """Why no check ran (the preflight's finding), if that is how the run ended."""
+    cli: bool = True
+    """Messages name the CLI's options (else the pytest plugin's)."""
 
 
 def suite_version() -> str:
@@ -151,6 +161,18 @@ def requirement_link(section: str, link_base: str) -> str:
     return f"{target}#{anchor}" if anchor else target
 
 
+def not_run_reasons(grade: RequirementGrade, results: Mapping[str, TestResult]) -> list[str]:
+    """Why a requirement was not run: the distinct reasons of its checks, shortest first."""
+    reasons: dict[str, None] = {}
+    for nodeid in grade.tests:
+        result = results.get(nodeid)
+        if result is None or result.status == "passed" or result.status == "failed":
+            continue
+        text = result.message.strip().removeprefix(NOT_RUN_PREFIX).strip()
+        reasons[text.splitlines()[0] if text else "deselected"] = None
+    return sorted(reasons, key=len)
+
+
 def build_report(
     registry: Mapping[str, Any],
     grades: Grades,
@@ -198,8 +220,19 @@ def build_report(
             "duration_s": round(run.finished_at - run.started_at, 3),
         },
         "summary": {
-            "verdict": verdict(grades),
+            "verdict": SETUP_ERROR if run.setup_error is not None else verdict(grades),
             "exit_status": run.exit_status,
+            **(
+                {"setup_error": {"kind": run.setup_error.kind, "message": run.setup_error.message}}
+                if run.setup_error is not None
+                else {}
+            ),
+            "not_run_musts": [
+                {"id": grade.id, "reasons": not_run_reasons(grade, results)}
+                for grade in not_run_musts(grades)
+            ]
+            if run.setup_error is None
+            else [],
             "requirements": {
                 "total": len(grades.requirements),
                 **{o: requirement_counts.get(o, 0) for o in REQUIREMENT_OUTCOMES},
@@ -335,6 +368,12 @@ def render_markdown(report: Mapping[str, Any], link_base: str = "spec/") -> str:
             lines.append(f"- **{entry['id']}**: {tests}")
     else:
         lines.append("None.")
+    if summary.get("setup_error"):
+        lines += ["", "## Setup error", "", _md_cell(summary["setup_error"]["message"])]
+    if summary.get("not_run_musts"):
+        lines += ["", "## MUST requirements not run", ""]
+        for entry in summary["not_run_musts"]:
+            lines.append(f"- **{entry['id']}**: {_md_cell('; '.join(entry['reasons']))}")
     lines += [
         "",
         "## Coverage matrix",
@@ -397,6 +436,14 @@ def render_html(report: Mapping[str, Any], link_base: str = "spec/") -> str:
         parts.append("</ul>")
     else:
         parts.append("<p>None.</p>")
+    if summary.get("setup_error"):
+        parts.append(f"<h2>Setup error</h2><p>{esc(summary['setup_error']['message'])}</p>")
+    if summary.get("not_run_musts"):
+        parts.append("<h2>MUST requirements not run</h2><ul>")
+        for entry in summary["not_run_musts"]:
+            why = esc("; ".join(entry["reasons"]))
+            parts.append(f'<li><a href="#{esc(entry["id"])}">{esc(entry["id"])}</a>: {why}</li>')
+        parts.append("</ul>")
     parts.append(
         "<h2>Coverage matrix</h2><table><tr><th>requirement</th><th>level</th><th>role</th>"
         "<th>summary</th><th>outcome</th><th>tests</th></tr>"
@@ -461,7 +508,7 @@ def write_junit(
         ("url", sanitize_url(deployment.url)),
         ("seed", str(deployment.seed)),
         ("profile", deployment.profile),
-        ("verdict", verdict(grades)),
+        ("verdict", SETUP_ERROR if run.setup_error is not None else verdict(grades)),
     ):
         ET.SubElement(properties, "property", name=name, value=value)
     for nodeid, error in run.collect_errors:

@@ -15,10 +15,25 @@ from collections.abc import Sequence
 from typing import Any
 
 from unisock_conformance.deployment import PROFILES
+from unisock_conformance.grading import EXIT_INTERNAL, EXIT_USAGE
 
 __all__ = ["add_server_parser", "build_parser", "main", "pytest_args", "run_server_suite"]
 
 CHECKS_PACKAGE = "unisock_conformance.checks"
+EXIT_STATUSES = """\
+exit status:
+  0   conforming: no MUST that was run failed (MUSTs not run are listed in the verdict)
+  1   non-conforming: a MUST failed
+  2   usage error
+  6   incomplete: --require-complete and at least one MUST was not run
+  10  setup error: the server cannot be reached
+  11  setup error: the server refused the WebSocket handshake
+  12  setup error: the server refused the suite's token (check --secret/--token-command,
+      --issuer, --audience)
+  13  setup error: the server is draining
+  14  setup error: the token command failed
+  70  internal error of the suite
+"""
 
 
 def _scale(text: str) -> float:
@@ -38,6 +53,8 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="check a server deployment against the spec",
         description="Run the Unisock server conformance suite against a ws:// or wss:// URL. "
         "Exit status 0 only when every MUST requirement that was run passes.",
+        epilog=EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("url", metavar="URL", help="ws:// or wss:// URL of the server")
     tokens = parser.add_mutually_exclusive_group()
@@ -133,6 +150,12 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="NAME",
         help="a channel the deployment declares coalescing (coalescing checks need one)",
     )
+    parser.add_argument(
+        "--require-complete",
+        action="store_true",
+        help="exit with status 6 when any MUST was not run (by default the verdict lists "
+        "them, e.g. 'conforming, 12 MUSTs not run', and the exit status is 0)",
+    )
     parser.add_argument("-k", dest="keyword", metavar="EXPR", help="only checks matching EXPR")
     parser.add_argument(
         "--spec-link-base",
@@ -185,6 +208,8 @@ def pytest_args(args: argparse.Namespace) -> list[str]:
     argv += [f"--unisock-node-url={url}" for url in args.node_url]
     if args.any_origin:
         argv.append("--unisock-any-origin")
+    if args.require_complete:
+        argv.append("--unisock-require-complete")
     if args.keyword:
         argv += ["-k", args.keyword]
     return argv
@@ -197,10 +222,16 @@ def run_server_suite(args: argparse.Namespace) -> int:
             "unisock conformance server: give --secret, $UNISOCK_SECRET or --token-command",
             file=sys.stderr,
         )
-        return 2
+        return EXIT_USAGE
     import pytest  # imported here so that building the `unisock` parser stays cheap
 
-    return int(pytest.main(pytest_args(args)))
+    code = int(pytest.main(pytest_args(args)))
+    # pytest's own statuses for what is not a verdict: a usage error, an internal error.
+    return {
+        int(pytest.ExitCode.USAGE_ERROR): EXIT_USAGE,
+        int(pytest.ExitCode.INTERNAL_ERROR): EXIT_INTERNAL,
+        int(pytest.ExitCode.INTERRUPTED): 130,
+    }.get(code, code)
 
 
 def build_parser() -> argparse.ArgumentParser:
