@@ -153,14 +153,15 @@ def test_shipped_token_command_refuses_a_key_of_another_algorithm(tmp_path: Path
 
 
 def _config(folder: Path, auth: str) -> Path:
+    # Timers the suite answers in time on a loaded machine: scaled like every wait.
     config = folder / "server.toml"
     config.write_text(
         textwrap.dedent(
-            """
+            f"""
             [server]
-            heartbeat_interval_ms = 400
-            heartbeat_timeout_ms = 400
-            auth_timeout_ms = 600
+            heartbeat_interval_ms = {int(1000 * SCALE)}
+            heartbeat_timeout_ms = {int(1000 * SCALE)}
+            auth_timeout_ms = {int(1000 * SCALE)}
             refresh_warning_ms = 2000
             history_max_count = 50
             drain_window_ms = 1000
