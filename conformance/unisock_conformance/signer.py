@@ -87,7 +87,9 @@ class TokenCommand:
 
     def request(self, message: Mapping[str, Any]) -> str:
         """Send one request object (``claims`` and any further members); its token."""
-        request = json.dumps(dict(message), ensure_ascii=False, separators=(",", ":"))
+        # ASCII escapes: a claim may hold a lone surrogate (a token the server must refuse),
+        # which has no UTF-8 form.
+        request = json.dumps(dict(message), separators=(",", ":"))
         with self._lock:
             if self._broken is not None:
                 raise TokenCommandError(self._broken)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from unisock_conformance.checks.conftest import Connect, User
-from unisock_conformance.deployment import Deployment, Names, require_secret
+from unisock_conformance.deployment import Deployment, Names, not_run, require_secret
 from unisock_conformance.hostile import stream
 from unisock_conformance.wire import Conn
 
@@ -150,6 +150,38 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+def _raw_payload(claims: dict[str, Any], case: str) -> bytes:
+    text = json.dumps(claims, separators=(",", ":")).encode()
+    payloads = {
+        "sub-lone-surrogate": text.replace(
+            f'"sub":"{claims["sub"]}"'.encode(), b'"sub":"\\ud800x"'
+        ),
+        "sid-lone-surrogate": text[:-1] + b',"sid":"tab\\udfff"}',
+        "raw-surrogate-octets": text[:-1] + b',"sid":"tab\xed\xa0\x80"}',  # U+D800 as UTF-8
+        "not-utf8": text[:-1] + b',"sid":"tab\xff\xfe"}',
+    }
+    return payloads[case]
+
+
+def _from_token_command(deployment: Deployment, claims: dict[str, Any], case: str) -> str:
+    """The case signed by the deployment's token command: only the lone surrogates can be
+    asked of it (as JSON escapes); octets that are no UTF-8 are no claims it could be sent."""
+    if case == "sub-lone-surrogate":
+        claims["sub"], escape = "\ud800x", b"\\ud800"
+    elif case == "sid-lone-surrogate":
+        claims["sid"], escape = "tab\udfff", b"\\udfff"
+    else:
+        not_run(
+            f"{case}: a payload that is not UTF-8 cannot be asked of a token command (--secret)"
+        )
+    token = deployment.sign(claims)
+    part = token.split(".")[1]
+    payload = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    if escape not in payload:
+        not_run("the token command did not sign the lone surrogate as sent (UNI-TOK-2)")
+    return token
+
+
 def _hs256(secret: str, payload: bytes) -> str:
     header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
     signing_input = f"{header}.{_b64(payload)}".encode()
@@ -165,19 +197,11 @@ def test_server_rejects_a_signed_token_outside_the_json_limits(
     connect: Connect, deployment: Deployment, names: Names, case: str
 ) -> None:
     require_secret(deployment)
-    assert deployment.secret is not None
     claims = deployment.claims(names.tenant(), names.user())
-    text = json.dumps(claims, separators=(",", ":")).encode()
-    payloads = {
-        "sub-lone-surrogate": text.replace(
-            f'"sub":"{claims["sub"]}"'.encode(), b'"sub":"\\ud800x"'
-        ),
-        "sid-lone-surrogate": text[:-1] + b',"sid":"tab\\udfff"}',
-        "raw-surrogate-octets": text[:-1] + b',"sid":"tab\xed\xa0\x80"}',  # U+D800 as UTF-8
-        "not-utf8": text[:-1] + b',"sid":"tab\xff\xfe"}',
-    }
-    payload = payloads[case]
-    token = _hs256(deployment.secret, payload)
+    if deployment.secret is None:
+        token = _from_token_command(deployment, claims, case)
+    else:
+        token = _hs256(deployment.secret, _raw_payload(claims, case))
     conn = connect(hello=False)
     conn.send({"type": "hello", "token": token})
     code, reason = conn.expect_close()
