@@ -1,5 +1,7 @@
-"""The token command protocol (spec 14.6): the suite's side, the shipped command, and a run
-against an RS256 deployment that requires an issuer and an audience."""
+"""The token command protocol (spec 14.6): the suite's side and the shipped command.
+
+A whole run against an RS256 deployment through the shipped command is part of the
+configuration matrix (``tests/test_conformance_matrix.py``)."""
 
 from __future__ import annotations
 
@@ -7,17 +9,15 @@ import json
 import subprocess
 import sys
 import textwrap
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jwt
 import pytest
 
-from suite_runs import SCALE, Served, run_suite, write_key_pair
+from suite_runs import SCALE, write_key_pair
 from unisock_conformance.signer import TokenCommand, TokenCommandError, TokenRefused
 
 SECRET = "token-command-test-secret-0123456789abcdef"
-SUITE_TIMEOUT_S = 600 * SCALE
 ISSUER = "https://id.tokens.test"
 AUDIENCE = "unisock-tokens"
 CLAIMS = {"sub": "u1", "tenant": "t1", "exp": 4_000_000_000, "grants": {"subscribe": [">"]}}
@@ -150,89 +150,3 @@ def test_shipped_token_command_refuses_a_key_of_another_algorithm(tmp_path: Path
         check=False,
     )
     assert result.returncode == 2 and "not a RS256 private key" in result.stderr
-
-
-def _config(folder: Path, auth: str) -> Path:
-    # Timers the suite answers in time on a loaded machine: scaled like every wait.
-    config = folder / "server.toml"
-    config.write_text(
-        textwrap.dedent(
-            f"""
-            [server]
-            heartbeat_interval_ms = {int(1000 * SCALE)}
-            heartbeat_timeout_ms = {int(1000 * SCALE)}
-            auth_timeout_ms = {int(1000 * SCALE)}
-            refresh_warning_ms = 2000
-            history_max_count = 50
-            drain_window_ms = 1000
-            coalescing_channels = ["coal.>"]
-
-            [auth]
-            """
-        )
-        + auth,
-        "utf-8",
-    )
-    return config
-
-
-def _run(folder: Path, auth: str, *options: str) -> tuple[int, dict[str, int], dict[str, str]]:
-    folder.mkdir()
-    served = Served(_config(folder, auth), SECRET, folder / "server.log")
-    try:
-        run = run_suite(
-            served.url,
-            folder / "report",
-            "--seed",
-            "7",
-            "--issuer",
-            ISSUER,
-            "--audience",
-            AUDIENCE,
-            "--coalescing-channel",
-            "coal.test",
-            "--reset-command",
-            f"kill -HUP {served.pid}",
-            *options,
-            timeout=SUITE_TIMEOUT_S,
-        )
-    finally:
-        served.stop()
-    assert run.exit_code == 0, run.output
-    return run.exit_code, run.must_counts(), run.not_run_checks()
-
-
-@pytest.mark.slow
-def test_rs256_deployment_with_a_token_command_runs_as_many_checks_as_a_secret(
-    tmp_path: Path,
-) -> None:
-    """The same deployment settings, once verifying HS256 with a secret the suite holds and
-    once RS256 with a key only the shipped token command holds: the same MUSTs are run."""
-    private, public = write_key_pair(tmp_path, "RS256")
-    issuer = f'issuer = "{ISSUER}"\naudience = "{AUDIENCE}"\n'
-    command = f"{sys.executable} -m unisock_conformance.token_command --key {private} --alg RS256"
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        secret = pool.submit(_run, tmp_path / "hs256", issuer, "--secret", SECRET)
-        rs256 = pool.submit(
-            _run,
-            tmp_path / "rs256",
-            issuer + f'public_keys = [{{alg = "RS256", file = "{public}"}}]\n',
-            "--token-command",
-            command,
-        )
-        _, secret_counts, secret_not_run = secret.result()
-        _, rs256_counts, rs256_not_run = rs256.result()
-    assert secret_counts.get("fail", 0) == rs256_counts.get("fail", 0) == 0
-    # Only the token command's own rules differ: not applicable without one.
-    assert rs256_counts["pass"] == secret_counts["pass"] + 3, (rs256_counts, secret_counts)
-    assert rs256_counts.get("not-run", 0) == secret_counts.get("not-run", 0), sorted(
-        set(rs256_not_run) - set(secret_not_run)
-    )
-    residual = set(rs256_not_run) - set(secret_not_run)
-    # Payloads that are no JSON object, or no UTF-8, cannot be asked of a token command; the
-    # requirements they belong to are still run by the other cases of the same checks.
-    assert residual == {
-        "test_server_rejects_token_whose_claims_violate_the_schema[claims-not-object]",
-        "test_server_rejects_a_signed_token_outside_the_json_limits[raw-surrogate-octets]",
-        "test_server_rejects_a_signed_token_outside_the_json_limits[not-utf8]",
-    }, residual

@@ -28,6 +28,7 @@ from unisock_conformance.deployment import (
     Names,
     ServerInfo,
     not_applicable,
+    not_run,
     require_secret,
 )
 from unisock_conformance.wire import Conn, ConnGroup, open_conn
@@ -60,6 +61,14 @@ def _forged(token: str) -> str:
 
 
 _FOREIGN_SECRET = "conformance-not-the-secret-" + "k" * 32
+
+
+def _shared_secret(deployment: Deployment, why: str) -> str:
+    """The deployment's HS256 secret, for the few checks that must build a token byte by
+    byte; a run whose tokens come from a token command does not run them."""
+    if deployment.secret is None:
+        not_run(f"needs --secret: {why}")
+    return deployment.secret
 
 
 @functools.cache
@@ -265,12 +274,11 @@ def _other_readings(secret: str) -> dict[str, bytes]:
 def test_server_keys_hs256_with_the_utf8_octets_of_the_secret(
     connect: Connect, deployment: Deployment, names: Names
 ) -> None:
-    require_secret(deployment)
-    assert deployment.secret is not None
+    secret = _shared_secret(deployment, "the HS256 secret the deployment is configured with")
     header = {"alg": "HS256", "typ": "JWT"}
     claims = deployment.claims(names.tenant(), names.user())
-    _accepted(connect, _hs256(header, claims, deployment.secret.encode("utf-8")))
-    for name, key in _other_readings(deployment.secret).items():
+    _accepted(connect, _hs256(header, claims, secret.encode("utf-8")))
+    for name, key in _other_readings(secret).items():
         _assert_rejected(connect, _hs256(header, claims, key), f"key from the secret by {name}")
 
 
@@ -289,10 +297,9 @@ def test_server_keys_hs256_with_the_utf8_octets_of_the_secret(
 def test_server_accepts_a_verified_token_whatever_its_typ_and_kid(
     connect: Connect, deployment: Deployment, names: Names, header: Frame
 ) -> None:
-    require_secret(deployment)
-    assert deployment.secret is not None
+    secret = _shared_secret(deployment, "a token command chooses the header of its tokens")
     claims = deployment.claims(names.tenant(), names.user())
-    _accepted(connect, _hs256(header, claims, deployment.secret.encode("utf-8")))
+    _accepted(connect, _hs256(header, claims, secret.encode("utf-8")))
 
 
 @pytest.mark.requirement("UNI-AUTH-6", "UNI-LC-7", "UNI-SEC-18")
