@@ -98,6 +98,11 @@ fuzz-long: setup
 	cd .fuzz && for target in parser filter; do nice -n 15 ../$(PY) ../tests/fuzz/atheris_targets.py \
 		$$target $$target -max_total_time=$$(( $(FUZZ_MINUTES) * 30 )) -rss_limit_mb=4096 || exit 1; done
 
+# The reference server under every configuration of tests/matrix/, graded by the quick profile
+# two configurations at a time; MATRIX_WRITE=docs/_data/conformance-matrix.json records it.
+matrix: setup
+	UNISOCK_MATRIX_WRITE=$(MATRIX_WRITE) $(PY) -m pytest -p no:cacheprovider tests/conformance_matrix.py
+
 clean:
 	rm -rf $(VENV) site tests/asyncapi/node_modules docs/node_modules reference/js/node_modules reference/js/dist \
 		$(TASKBOARD)/node_modules $(TASKBOARD)/web/dist bench/node/node_modules

@@ -728,6 +728,29 @@ def _report_results(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     return results
 
 
+def matrix_section(matrix: Mapping[str, Any]) -> str:
+    """The configuration matrix: the reference server graded under each valid configuration
+    of ``tests/matrix/`` (MUST outcomes of a quick run each)."""
+    rows = [
+        "| Configuration | Options | Verdict | MUST pass | not run | unimplemented | failed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for entry in matrix["configurations"]:
+        must = entry["must"]
+        options = " ".join(f"`{option}`" for option in entry["options"])
+        rows.append(
+            f"| `{_cell(entry['configuration'])}` | {options} | {_cell(entry['verdict'])} | "
+            f"{must['pass']} | {must['not-run']} | {must['unimplemented']} | {must['fail']} |"
+        )
+    return (
+        "## Configuration matrix\n\n"
+        "The reference server under each configuration of `tests/matrix/`, graded by the "
+        f"{matrix['profile']} profile with every operator hook except a second node and a broker "
+        "outage (CI runs the same matrix). A MUST not run names the option that runs it in "
+        "the suite's summary.\n\n" + "\n".join(rows) + "\n\n## Requirements\n\n"
+    )
+
+
 def coverage_page(report_path: Path) -> str:
     registry = _load(SPEC / "requirements.json")["requirements"]
     live = [entry for entry in registry if not entry.get("removed_in")]
@@ -756,7 +779,9 @@ def coverage_page(report_path: Path) -> str:
     if isinstance(report.get("requirements"), list):
         client_path = report_path.with_name("client-conformance-report.json")
         client = _load(client_path) if client_path.is_file() else None
-        return head + _graded_coverage(live, report, client)
+        matrix_path = report_path.with_name("conformance-matrix.json")
+        matrix = matrix_section(_load(matrix_path)) if matrix_path.is_file() else ""
+        return head + matrix + _graded_coverage(live, report, client)
     results = _report_results(report)
     by_id: dict[str, list[dict[str, Any]]] = {}
     for result in results:
