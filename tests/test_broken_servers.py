@@ -99,6 +99,43 @@ STARTUP_S = 20.0 * SCALE
 SUITE_S = 120.0 * SCALE
 PARALLEL = 3
 CONTROL = "none"
+REFERENCE = "reference"
+STRICT = "strict"
+"""The strictest configuration of the matrix (``tests/matrix/strict.toml``): small limits,
+short timers, an issuer and an audience, an Origin policy, idle channel state discarded."""
+# The first eighteen variants, one per rule class, run again under the strictest settings,
+# where small limits and short timers change what every check sends.
+STRICT_VARIANTS = (
+    "auth_failure_closes_4000",
+    "cross_tenant",
+    "dedup_ignored",
+    "delivery_after_expiry",
+    "delivery_after_unsubscribe",
+    "exclude_ignored",
+    "exclude_self_ignored",
+    "filter_ignored",
+    "gap_not_signalled",
+    "heartbeat_not_sent",
+    "offsets_skip",
+    "rate_limit_ignored",
+    "reordered_fanout",
+    "resume_drops_first",
+    "subscription_cap_ignored",
+    "superseded_closes_4200",
+    "supersede_ignored",
+    "to_ignored",
+)
+
+
+def _strict_setting(folder: Path) -> tuple[Path, tuple[str, ...]]:
+    """The strict settings file (timers scaled) written to ``folder``, and its options."""
+    from conformance_matrix import STRICT as STRICT_CONFIG
+    from conformance_matrix import prepare
+
+    settings, _ = prepare(STRICT_CONFIG, folder)
+    return settings, STRICT_CONFIG.options
+
+
 SUITE_GAPS: dict[str, str] = {}
 """Variants the suite catches only sometimes: kept, expected to fail, until the check is fixed."""
 
@@ -129,10 +166,10 @@ def _first_line(proc: subprocess.Popen[str], timeout: float) -> str:
     return proc.stdout.readline()
 
 
-def _run(variant: str, keyword: str) -> Run:
+def _run(variant: str, keyword: str, config: Path = CONFIG, options: tuple[str, ...] = ()) -> Run:
     started = time.monotonic()
     cmd = [sys.executable, "-m", "tests.broken_servers.serve", variant]
-    cmd += ["--config", str(CONFIG), "--secret", SECRET, "--port", "0"]
+    cmd += ["--config", str(config), "--secret", SECRET, "--port", "0"]
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -163,6 +200,7 @@ def _run(variant: str, keyword: str) -> Run:
                     f"kill -HUP {proc.pid}",
                     "-k",
                     keyword,
+                    *options,
                 ],
                 cwd=ROOT,
                 capture_output=True,
@@ -190,38 +228,50 @@ def _run(variant: str, keyword: str) -> Run:
     return Run(suite.returncode, outcomes, checks, time.monotonic() - started, output)
 
 
-def _control_keyword() -> str:
-    return " or ".join(f"({v.keyword})" for v in VARIANTS.values())
+def _control_keyword(names: tuple[str, ...]) -> str:
+    return " or ".join(f"({VARIANTS[name].keyword})" for name in names)
 
 
 @pytest.fixture(scope="module")
-def runs(request: pytest.FixtureRequest) -> Iterator[dict[str, Future[Run]]]:
-    """Start every run this session selected, a few at a time, before the first assertion."""
-    wanted: list[str] = []
+def runs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[tuple[str, str], Future[Run]]]:
+    """Start every run this session selected, a few at a time, before the first assertion.
+
+    Runs are keyed by (setting, variant): the reference settings, or the strictest ones.
+    """
+    wanted: list[tuple[str, str]] = []
     for item in request.session.items:
         if getattr(item, "module", None) is not request.module:
             continue
+        setting = STRICT if "strictest" in item.name else REFERENCE
         callspec = getattr(item, "callspec", None)
         if callspec is not None:
-            wanted.append(callspec.params["variant"])
+            wanted.append((setting, callspec.params["variant"]))
         elif item.name.startswith("test_unpatched"):
-            wanted.append(CONTROL)
+            wanted.append((setting, CONTROL))
+    settings: dict[str, tuple[Path, tuple[str, ...]]] = {REFERENCE: (CONFIG, ())}
+    if any(setting == STRICT for setting, _ in wanted):
+        settings[STRICT] = _strict_setting(tmp_path_factory.mktemp("strict"))
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
         futures = {
-            name: pool.submit(
-                _run, name, _control_keyword() if name == CONTROL else VARIANTS[name].keyword
+            (setting, name): pool.submit(
+                _run,
+                name,
+                _control_keyword(STRICT_VARIANTS if setting == STRICT else tuple(VARIANTS))
+                if name == CONTROL
+                else VARIANTS[name].keyword,
+                *settings[setting],
             )
-            for name in dict.fromkeys(wanted)
+            for setting, name in dict.fromkeys(wanted)
         }
         yield futures
 
 
-def test_unpatched_server_passes_every_selection(runs: dict[str, Future[Run]]) -> None:
-    """Control: the checks the variants rely on all pass against the real reference server."""
-    run = runs[CONTROL].result()
+def _assert_control(run: Run, names: tuple[str, ...]) -> None:
     assert run.exit_code == 0, run.output
     assert run.failed() == set(), run.output
-    for variant in VARIANTS.values():
+    for variant in (VARIANTS[name] for name in names):
         # A requirement is graded "pass" only when all of its checks ran; a -k selection runs
         # some, so the control asks for a passing check that carries the variant's IDs.
         carried = [grade for _, grade, ids in run.checks if ids & variant.requirements]
@@ -229,24 +279,53 @@ def test_unpatched_server_passes_every_selection(runs: dict[str, Future[Run]]) -
         assert set(carried) == {"pass"}, f"{variant.name}: {carried}"
 
 
-@pytest.mark.parametrize(
-    "variant",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(reason=SUITE_GAPS[name], strict=False))
-        if name in SUITE_GAPS
-        else name
-        for name in sorted(VARIANTS)
-    ],
-)
-def test_conformance_suite_fails_broken_server(variant: str, runs: dict[str, Future[Run]]) -> None:
-    """The selected checks fail the variant, on the requirement it breaks."""
-    run = runs[variant].result()
+def _assert_caught(variant: str, run: Run) -> None:
     expected = VARIANTS[variant].requirements
     assert run.exit_code != 0, f"{variant} passed the suite:\n{run.output}"
     assert run.failed() & expected, (
         f"{variant}: failed {sorted(run.failed())}, expected one of {sorted(expected)}\n"
         f"{run.output}"
     )
+
+
+def test_unpatched_server_passes_every_selection(
+    runs: dict[tuple[str, str], Future[Run]],
+) -> None:
+    """Control: the checks the variants rely on all pass against the real reference server."""
+    _assert_control(runs[REFERENCE, CONTROL].result(), tuple(VARIANTS))
+
+
+_VARIANT_PARAMS = [
+    pytest.param(name, marks=pytest.mark.xfail(reason=SUITE_GAPS[name], strict=False))
+    if name in SUITE_GAPS
+    else name
+    for name in sorted(VARIANTS)
+]
+
+
+@pytest.mark.parametrize("variant", _VARIANT_PARAMS)
+def test_conformance_suite_fails_broken_server(
+    variant: str, runs: dict[tuple[str, str], Future[Run]]
+) -> None:
+    """The selected checks fail the variant, on the requirement it breaks."""
+    _assert_caught(variant, runs[REFERENCE, variant].result())
+
+
+@pytest.mark.slow
+def test_unpatched_server_passes_every_selection_under_the_strictest_settings(
+    runs: dict[tuple[str, str], Future[Run]],
+) -> None:
+    """Control under the strictest matrix configuration."""
+    _assert_control(runs[STRICT, CONTROL].result(), STRICT_VARIANTS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", STRICT_VARIANTS)
+def test_conformance_suite_fails_broken_server_under_the_strictest_settings(
+    variant: str, runs: dict[tuple[str, str], Future[Run]]
+) -> None:
+    """Small limits, short timers, an issuer, an Origin policy: every variant is still caught."""
+    _assert_caught(variant, runs[STRICT, variant].result())
 
 
 def test_variant_fails_loudly_when_its_target_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
