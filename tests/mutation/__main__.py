@@ -186,7 +186,7 @@ def main(
                 raise SystemExit("the suite fails the unmutated code: no campaign")
         say(f"judging {len(mutants)} of {total} mutants with {args.jobs} jobs")
         if kept:
-            say(f"keeping {len(kept)} mutants the last results show caught")
+            say(f"keeping {len(kept)} outcomes of the last results")
         finished: list[Outcome] = []
 
         def done(outcome: Outcome) -> None:
