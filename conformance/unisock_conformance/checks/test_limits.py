@@ -423,6 +423,12 @@ def test_server_closes_slow_consumer_4200_without_delaying_others(
         raw.close()
 
 
+def _drain_seconds(count: int, size: int) -> float:
+    """Time to read back ``count`` queued events of ``size`` octets: it grows with what the
+    announced ``max_queue`` lets queue, so a large queue is not judged by a small one's wait."""
+    return 5.0 + count / 100 + count * size / 4_000_000
+
+
 @pytest.mark.requirement("UNI-LIM-6", "UNI-DEL-24", "UNI-DEL-23")
 def test_server_keeps_a_stalled_consumer_while_its_queue_is_within_max_queue(
     user: User, deployment: Deployment, names: Names
@@ -437,7 +443,7 @@ def test_server_keeps_a_stalled_consumer_while_its_queue_is_within_max_queue(
         Flood(user, names, tenant).publish(channel, count, 64)
         messages: list[Frame] = []
         code: int | None = None
-        deadline = time.monotonic() + deployment.timeout(5.0)
+        deadline = time.monotonic() + deployment.timeout(_drain_seconds(count, 64))
         events: list[Frame] = []
         while len(events) < count and code is None and time.monotonic() < deadline:
             batch, code = raw.read(0.2)
@@ -476,7 +482,7 @@ def test_server_keeps_a_stalled_consumer_with_max_queue_messages_outstanding(
         stalled_for = time.monotonic() - started
         messages: list[Frame] = []
         code: int | None = None
-        deadline = time.monotonic() + deployment.timeout(5.0)
+        deadline = time.monotonic() + deployment.timeout(_drain_seconds(count, size))
         events: list[Frame] = []
         while len(events) < count and code is None and time.monotonic() < deadline:
             batch, code = raw.read(0.2)
