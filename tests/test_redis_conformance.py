@@ -85,7 +85,21 @@ def test_two_nodes_on_one_redis_pass_the_server_suite_with_connections_on_both(
         logs = "".join((tmp_path / f"node{i}.log").read_text()[-3000:] for i in (1, 2))
         assert result.returncode == 0, result.stdout[-6000:] + logs
     report: dict[str, Any] = json.loads((report_dir / "report.json").read_text("utf-8"))
-    assert report["summary"]["verdict"] == "conforming"
+    assert report["summary"]["verdict"].startswith("conforming"), report["summary"]
+    # Only waits beyond the quick profile's budget (history.max_age_ms is 300 s here) may
+    # leave a MUST unrun; every hook a cluster check needs is given.
+    not_run = {
+        entry["id"]
+        for entry in report["requirements"]
+        if entry["level"] == "MUST" and entry["outcome"] == "not-run"
+    }
+    for_time = {
+        ident
+        for test in report["tests"]
+        if test["outcome"] == "not-run" and "skipped for time" in test["message"]
+        for ident in test["requirements"]
+    }
+    assert not_run <= for_time, sorted(not_run - for_time)
     outcomes = {entry["id"]: entry["outcome"] for entry in report["requirements"]}
     for ident in (
         "UNI-SESS-14",
