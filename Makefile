@@ -63,7 +63,7 @@ docs: setup
 pytest: setup browser js
 	UNISOCK_REQUIRE_BROWSER=1 UNISOCK_REQUIRE_REDIS=1 $(PY) -m pytest
 
-test: lint typecheck js docs pytest e2e matrix
+test: lint typecheck js docs pytest e2e
 
 serve: setup
 	$(VENV)/bin/unisock serve
