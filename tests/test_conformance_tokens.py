@@ -15,6 +15,7 @@ import jwt
 import pytest
 
 from suite_runs import SCALE, write_key_pair
+from unisock import schemas
 from unisock_conformance.signer import TokenCommand, TokenCommandError, TokenRefused
 
 SECRET = "token-command-test-secret-0123456789abcdef"
@@ -60,14 +61,19 @@ def test_token_command_answers_requests_in_order_and_reports_a_refusal(tmp_path:
         ("import sys\nfor line in sys.stdin:\n    print('eyJ.x.y', flush=True)\n", "not JSON"),
         (
             "import sys\nfor line in sys.stdin:\n    print('{\"token\": 7}', flush=True)\n",
-            'neither a string "token"',
+            "/token: 7 is not of type 'string'",
         ),
         (
             'import sys\nfor line in sys.stdin:\n    print(\'{"token": "abc"}\', flush=True)\n',
-            "not a JWS",
+            "/token: 'abc' does not match",
+        ),
+        (
+            "import sys\nfor line in sys.stdin:\n"
+            '    print(\'{"token": "a.b.c", "error": "x"}\', flush=True)\n',
+            "breaks token-command/reply.json",
         ),
     ],
-    ids=["exits", "bare-token", "number", "not-a-jws"],
+    ids=["exits", "bare-token", "number", "not-a-jws", "token-and-error"],
 )
 def test_a_broken_token_command_is_a_setup_error_and_stays_one(
     tmp_path: Path, body: str, message: str
@@ -150,3 +156,16 @@ def test_shipped_token_command_refuses_a_key_of_another_algorithm(tmp_path: Path
         check=False,
     )
     assert result.returncode == 2 and "not a RS256 private key" in result.stderr
+
+
+TOKEN_COMMAND_SCHEMAS = Path(__file__).resolve().parent.parent / "schemas" / "v1" / "token-command"
+
+
+@pytest.mark.parametrize("kind", ["request", "reply"])
+def test_token_command_schema_examples_validate_as_documented(kind: str) -> None:
+    examples = json.loads((TOKEN_COMMAND_SCHEMAS / "examples" / f"{kind}.json").read_text("utf-8"))
+    validator = schemas.validator_for(f"token-command/{kind}")
+    assert [m for m in examples["valid"] if schemas.format_errors(validator, m)] == []
+    for case in examples["invalid"]:
+        assert case["description"].endswith(" is rejected")
+        assert schemas.format_errors(validator, case["message"]) != []

@@ -96,7 +96,7 @@ def test_schema_tree_has_every_expected_document() -> None:
         "registries/close-codes.schema.json", "events/task.created.json",
         "events/task.updated.json", "events/form.submitted.json",
         "adapter/request.json", "adapter/reply.json", "adapter/notification.json",
-        "adapter/output.json",
+        "adapter/output.json", "token-command/request.json", "token-command/reply.json",
     } | {f"messages/{t}.json" for t in schemas.ALL_MESSAGE_TYPES}  # fmt: skip
     assert names == expected
 

@@ -18,6 +18,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Final
 
+from unisock.schemas import format_errors, validator_for
+
 __all__ = ["PROTOCOL_VERSION", "TokenCommand", "TokenCommandError", "TokenRefused"]
 
 PROTOCOL_VERSION: Final = 1
@@ -156,15 +158,11 @@ def _token_of(line: str) -> str:
             "the token command wrote a line that is not JSON (replies are "
             '{"token": "..."} or {"error": "..."}, one per line)'
         ) from None
-    if not isinstance(reply, dict):
-        raise TokenCommandError("the token command wrote a reply that is not a JSON object")
-    token, error = reply.get("token"), reply.get("error")
-    if isinstance(token, str) and error is None:
-        if token.count(".") != 2 or any(c.isspace() for c in token):
-            raise TokenCommandError("the token command replied with a token that is not a JWS")
-        return token
-    if isinstance(error, str) and token is None:
-        raise TokenRefused(error)
-    raise TokenCommandError(
-        'the token command wrote a reply with neither a string "token" nor a string "error"'
-    )
+    errors = format_errors(validator_for("token-command/reply"), reply)
+    if errors:
+        raise TokenCommandError(
+            f"the token command wrote a reply that breaks token-command/reply.json: {errors}"
+        )
+    if "error" in reply:
+        raise TokenRefused(str(reply["error"]))
+    return str(reply["token"])
