@@ -510,13 +510,17 @@ class UnisockServer:
             return
         now = self.clock()
         view = fanout_view(event)  # predicate work that depends only on the event: once
-        frame = text_frame(event.frame.encode())  # once per event, for every recipient
+        frame: bytes | None = None
         delivered = 0
         # A copy: writing can cut a slow consumer, which removes it from the index (UNI-LIM-8).
         for conn in tuple(candidates):
             core = conn.core
             if conn.closing or not core.accepts(event, now, view):
                 continue
+            if frame is None:
+                # Once per event for every recipient, and never when filters, targeting or
+                # epochs leave no candidate to write to.
+                frame = text_frame(event.frame.encode())
             delivered += 1
             if core.pending_gaps:
                 # UNI-DEL-19: the epoch_changed gap goes first, through the same queue.
@@ -550,11 +554,13 @@ class UnisockServer:
             if len(out) < BATCH_FRAMES:
                 out.append(frame)
                 return
-            self._flush_one(conn)
+            self._flush_one(conn)  # a full batch; the connection stays listed for this turn
         if conn.queue or not self._writable(conn):
             self._enqueue(conn, _Queued(frame, event))
             return
         conn.out = [frame]
+        if out is not None:
+            return
         if not self._dirty:
             asyncio.get_running_loop().call_soon(self._flush)
         self._dirty.append(conn)
