@@ -101,6 +101,28 @@ def test_check_value_is_iterative_and_names_no_recursion() -> None:
     jsonlimits.check_value(value, max_nesting=60_000)  # no RecursionError however deep
 
 
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ('{"a": "' + "[" * 100 + '"}', True),  # brackets in a string are no nesting
+        ('{"a": "' + "1" * 400 + '"}', True),  # nor are digits in a string a number
+        ('{"a": "caf\u00e9 \u2603"}', True),
+        ('{"a": "caf\u00e9 \ud800"}', False),  # non-ASCII text with an escaped lone one
+        ('{"a": "\u00e9' + "\ud800" + '"}', False),
+        ('{"a": "é' + chr(0xD800) + '"}', False),  # a raw lone surrogate in a str, no escape
+        ('{"a": ' + "9" * 309 + "}", False),
+        ('{"a": ' + "9" * 308 + "}", True),
+    ],
+)
+def test_loads_judges_the_value_whether_or_not_the_text_looks_plain(text: str, ok: bool) -> None:
+    """The shortcut for plain texts never lets a value past a limit the walk would catch."""
+    if ok:
+        jsonlimits.loads(text)
+    else:
+        with pytest.raises(jsonlimits.JsonLimitError):
+            jsonlimits.loads(text)
+
+
 def test_deep_filters_get_invalid_filter_or_invalid_json_and_the_connection_stays() -> None:
     core, _ = opened()
     for op, depth, code in (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any, Final
 
 __all__ = ["MAX_NESTING", "JsonLimitError", "check_value", "loads"]
@@ -73,14 +74,38 @@ def check_value(value: Any, max_nesting: int = MAX_NESTING) -> None:
                 stack.extend((member, depth + 1) for member in item)
 
 
+_LONG_DIGITS: Final = re.compile(r"\d{309}")
+"""An integer beyond binary64's range has at least 309 digits (10**308 < 1.8e308)."""
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JsonLimitError("a number is outside the binary64 range")
+    return value
+
+
+def _surely_within(text: str) -> bool:
+    """Whether the text alone shows the parsed value obeys every limit, so that the walk of
+    :func:`check_value` can be skipped: a message on the hot path is parsed and walked by
+    the schema check already. Conservative: brackets and digits inside strings count too."""
+    return (
+        "\\u" not in text  # escapes are the only way to a lone surrogate in a valid str
+        and (text.isascii() or _string_ok(text))
+        and text.count("[") + text.count("{") <= MAX_NESTING
+        and _LONG_DIGITS.search(text) is None
+    )
+
+
 def loads(text: str | bytes) -> Any:
     """Parse ``text`` as JSON within the limits; any failure is :class:`JsonLimitError`.
 
     ``RecursionError`` counts as too deep: the C scanner gives up long before memory does.
     """
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise JsonLimitError(str(exc) if isinstance(exc, JsonLimitError) else "not JSON") from None
-    check_value(value)
+    if isinstance(text, bytes) or not _surely_within(text):
+        check_value(value)
     return value
