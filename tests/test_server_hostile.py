@@ -7,7 +7,6 @@ the spec keeps it) and a second client must still be served (UNI-ERR-10, UNI-SEC
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,19 +15,16 @@ from typing import Any
 import jwt
 
 from server_harness import (
-    LIMIT,
     SECRET,
     RawClient,
     ServerHarness,
     asynctest,
     running_server,
-    settings,
     token,
 )
 from unisock.broker import PublishRecord, PublishResult
 from unisock.memory_broker import MemoryBroker
 from unisock.messages import encode_event_frame
-from unisock.server import UnisockServer
 
 
 async def _alive(client: RawClient) -> None:
@@ -126,15 +122,8 @@ class BrokenBroker(MemoryBroker):
 @asynccontextmanager
 async def _broken_server() -> AsyncIterator[tuple[ServerHarness, BrokenBroker]]:
     broker = BrokenBroker(encode_frame=encode_event_frame)
-    server = UnisockServer(settings(), broker)
-    host, port = await server.start("127.0.0.1", 0)
-    harness = ServerHarness(server, host, port)
-    try:
+    async with running_server(broker=broker) as harness:
         yield harness, broker
-    finally:
-        for client in harness.clients:
-            client.ws.transport.abort()
-        await asyncio.wait_for(server.close(), LIMIT)
 
 
 @asynctest

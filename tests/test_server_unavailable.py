@@ -7,16 +7,14 @@ operations fail while it is down, and against a real Redis in ``test_redis_fault
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from server_harness import LIMIT, RawClient, ServerHarness, asynctest, settings, token
+from server_harness import RawClient, ServerHarness, asynctest, running_server, token
 from unisock.broker import ChannelKey, Position, PublishRecord, PublishResult
 from unisock.memory_broker import MemoryBroker
 from unisock.messages import encode_event_frame
-from unisock.server import UnisockServer
 
 
 class FlakyBroker(MemoryBroker):
@@ -38,15 +36,8 @@ class FlakyBroker(MemoryBroker):
 @asynccontextmanager
 async def flaky_server() -> AsyncIterator[tuple[ServerHarness, FlakyBroker]]:
     broker = FlakyBroker(encode_frame=encode_event_frame)
-    server = UnisockServer(settings(), broker)
-    host, port = await server.start("127.0.0.1", 0)
-    harness = ServerHarness(server, host, port)
-    try:
+    async with running_server(broker=broker) as harness:
         yield harness, broker
-    finally:
-        for client in harness.clients:
-            client.ws.transport.abort()
-        await asyncio.wait_for(server.close(), LIMIT)
 
 
 def _assert_unavailable(reply: Any) -> None:
