@@ -418,14 +418,17 @@ async def running_server(
     *,
     clock: Callable[[], int] | None = None,
     auth: Any = None,
-    broker: Any = None,
+    broker_object: Any = None,
     **server: Any,
 ) -> AsyncIterator[ServerHarness]:
-    """A server on an OS-chosen loopback port, closed (with every client) at the end."""
+    """A server on an OS-chosen loopback port, closed (with every client) at the end.
+
+    ``broker=`` is the server setting (a URL); ``broker_object`` hands it a broker instance.
+    """
     conf = settings(**server)
     if auth is not None:
         conf = Settings(conf.server, auth)
-    srv = UnisockServer(conf, broker, clock=clock or now_ms)
+    srv = UnisockServer(conf, broker_object, clock=clock or now_ms)
     host, port = await srv.start("127.0.0.1", 0)
     harness = ServerHarness(srv, host, port)
     try:

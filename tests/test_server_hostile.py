@@ -122,7 +122,7 @@ class BrokenBroker(MemoryBroker):
 @asynccontextmanager
 async def _broken_server() -> AsyncIterator[tuple[ServerHarness, BrokenBroker]]:
     broker = BrokenBroker(encode_frame=encode_event_frame)
-    async with running_server(broker=broker) as harness:
+    async with running_server(broker_object=broker) as harness:
         yield harness, broker
 
 

@@ -36,7 +36,7 @@ class FlakyBroker(MemoryBroker):
 @asynccontextmanager
 async def flaky_server() -> AsyncIterator[tuple[ServerHarness, FlakyBroker]]:
     broker = FlakyBroker(encode_frame=encode_event_frame)
-    async with running_server(broker=broker) as harness:
+    async with running_server(broker_object=broker) as harness:
         yield harness, broker
 
 
