@@ -18,6 +18,7 @@ import inspect
 import itertools
 import json
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -37,6 +38,7 @@ __all__ = [
     "HandshakeRefused",
     "ProtocolViolation",
     "open_conn",
+    "widen_receive_buffer",
 ]
 
 PROTOCOL: Final = "unisock.v1"
@@ -601,3 +603,14 @@ def open_conn(
     except InvalidHandshake as error:
         raise HandshakeRefused(f"{name}: handshake failed: {error}") from None
     return Conn(ws, name=name, default_timeout=timeout, group=group, message_ids=message_ids)
+
+
+def widen_receive_buffer(sock: socket.socket) -> None:
+    """Give a reader stalled on a tiny receive buffer a normal one before it reads back.
+
+    A buffer of a few KiB is smaller than one loopback segment: the sender's kernel can then
+    push data only through zero-window probes, a few KiB at growing intervals, and reading
+    back a full queue would take tens of seconds for reasons of TCP alone.
+    """
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)

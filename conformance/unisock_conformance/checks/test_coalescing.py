@@ -38,6 +38,7 @@ from unisock_conformance.deployment import (
     not_run,
 )
 from unisock_conformance.oracle import json_equal
+from unisock_conformance.wire import widen_receive_buffer
 
 Frame = dict[str, Any]
 PAYLOAD_BYTES = 60_000
@@ -96,6 +97,7 @@ def _keep_alive(ws: ClientConnection, every_s: float, stop: threading.Event) -> 
 
 def _drain(ws: ClientConnection, channel: str, last_offset: int, timeout: float) -> list[Frame]:
     """Read until the event at ``last_offset`` (or one listing it) arrives."""
+    widen_receive_buffer(ws.socket)
     frames: list[Frame] = []
     deadline = time.monotonic() + timeout
     while True:

@@ -78,6 +78,7 @@ def flood_stalled_reader(
             pytest.skip(f"{NOT_RUN_PREFIX} overflowing max_queue needs {count} publishes")
         acks = _publish_keyed(user, names, tenant, channel, count, size, keys)
         last = {ack["offset"] for ack in acks[-keys:]}
+        raw.unstall()
         frames: list[Frame] = []
         code = None
         deadline = time.monotonic() + deployment.timeout()

@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from unisock_conformance.checks.conftest import Connect, User
 from unisock_conformance.deployment import NOT_RUN_PREFIX, Deployment, Names, ServerInfo
-from unisock_conformance.wire import PROTOCOL, Conn
+from unisock_conformance.wire import PROTOCOL, Conn, widen_receive_buffer
 
 Frame = dict[str, Any]
 
@@ -306,6 +306,10 @@ class RawSocket:
                 return messages, 1006
             self.buffer += chunk
 
+    def unstall(self) -> None:
+        """Read back at full speed from now on (see :func:`widen_receive_buffer`)."""
+        widen_receive_buffer(self.sock)
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
@@ -441,6 +445,7 @@ def test_server_keeps_a_stalled_consumer_while_its_queue_is_within_max_queue(
         if count < 8:
             pytest.skip(f"{NOT_RUN_PREFIX} max_queue {queue} leaves no room beside heartbeats")
         Flood(user, names, tenant).publish(channel, count, 64)
+        raw.unstall()
         messages: list[Frame] = []
         code: int | None = None
         deadline = time.monotonic() + deployment.timeout(_drain_seconds(count, 64))
@@ -480,6 +485,7 @@ def test_server_keeps_a_stalled_consumer_with_max_queue_messages_outstanding(
             pytest.skip(f"{NOT_RUN_PREFIX} max_queue {queue} with pings every {interval_s} s")
         Flood(user, names, tenant).publish(channel, count, size)
         stalled_for = time.monotonic() - started
+        raw.unstall()
         messages: list[Frame] = []
         code: int | None = None
         deadline = time.monotonic() + deployment.timeout(_drain_seconds(count, size))
