@@ -63,7 +63,7 @@ docs: setup
 pytest: setup browser js
 	UNISOCK_REQUIRE_BROWSER=1 UNISOCK_REQUIRE_REDIS=1 $(PY) -m pytest
 
-test: lint typecheck js docs pytest e2e
+test: lint typecheck js docs pytest e2e matrix
 
 serve: setup
 	$(VENV)/bin/unisock serve
