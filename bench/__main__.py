@@ -162,6 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "not_run": [],
         "truncated": [],
         "load_average": [],
+        "other_work": [],
         "scenarios": {},
     }
     started = time.monotonic()
@@ -187,11 +188,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                 peer = all_peers[name]
                 load = h.load_average()
                 data["load_average"].append(load)
+                other = h.OtherWork()
                 try:
                     result = _one(scenario, peer, env, size, subscribers, window)
                 except Exception as error:  # a failed run is recorded, not hidden
                     result = {"valid": False, "error": f"{type(error).__name__}: {error}"}
                 result["load_average_before"] = load
+                result["other_work_share"] = round(other.share(), 4)
+                data["other_work"].append(result["other_work_share"])
                 runs[name].append(result)
                 print(
                     f"[{time.monotonic() - started:6.0f}s] {key} {index + 1}/{repeat}"

@@ -97,6 +97,41 @@ def load_average() -> float:
         return -1.0
 
 
+def busy_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot (``/proc/stat``)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    """CPU seconds of this process and of its children that have been waited for."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class OtherWork:
+    """The share of the machine that work outside the benchmark used during one run.
+
+    The load average cannot tell: it counts the benchmark's own servers and load generators,
+    and a minute of history. Busy time of the whole machine minus the CPU time of this
+    process tree (every server and load generator is a waited-for child) is what other
+    programs took while the figures were measured.
+    """
+
+    def __init__(self) -> None:
+        self.wall = time.monotonic()
+        self.busy = busy_cpu_s()
+        self.own = own_cpu_s()
+
+    def share(self) -> float:
+        """Fraction of all cores (0 to 1) busy with other work since construction."""
+        wall = time.monotonic() - self.wall
+        other = (busy_cpu_s() - self.busy) - (own_cpu_s() - self.own)
+        cores = os.cpu_count() or 1
+        return max(0.0, other / (wall * cores)) if wall > 0 else 0.0
+
+
 def machine_info() -> dict[str, Any]:
     """What a reader needs to compare figures across machines."""
     model = "unknown"

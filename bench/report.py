@@ -256,6 +256,28 @@ def _repeats(data: dict[str, Any]) -> str:
     return "interleaved repeats per peer: " + ", ".join(f"{k} {v}" for k, v in counts.items())
 
 
+BUSY_SHARE = 0.10
+"""Share of the machine other programs may take during runs before figures are marked."""
+
+
+def _other_work(data: dict[str, Any], loads: list[float], machine: dict[str, Any]) -> str:
+    """How busy the machine was with work outside the benchmark while it measured.
+
+    Measured per run (busy time of the machine minus the benchmark's own processes); older
+    results have only the load average, which counts the benchmark's own processes too.
+    """
+    shares = data.get("other_work") or []
+    if shares:
+        worst = max(shares)
+        said = f"; other programs used at most {worst:.0%} of the machine during a run"
+        if worst > BUSY_SHARE:
+            return said + ", so the figures are indicative only."
+        return said + " (a quiet machine)."
+    if loads and max(loads) > machine.get("cpu_count", 1):
+        return " — the machine was busy with other work, so the figures are indicative only."
+    return " (a quiet machine)."
+
+
 def markdown(data: dict[str, Any], figs: dict[str, Any], rat: dict[str, float]) -> str:
     m = data["machine"]
     p = data["parameters"]
@@ -274,11 +296,7 @@ def markdown(data: dict[str, Any], figs: dict[str, Any], rat: dict[str, float]) 
         f"pinned to core {data['server_cores']}, the load generators on {data['client_cores']}). "
         f"Versions: {versions}. One-minute load average before the runs: "
         + (f"{min(loads):.2f} to {max(loads):.2f}" if loads else "n/a")
-        + (
-            " — the machine was busy with other work, so the figures are indicative only."
-            if loads and max(loads) > m.get("cpu_count", 1)
-            else " (a quiet machine)."
-        ),
+        + _other_work(data, loads, m),
         "",
         f"Size `{data['size']}`, {_repeats(data)}; each cell is the "
         "median of the valid runs, with the lowest and highest in brackets. Server CPU is the "

@@ -70,6 +70,7 @@ def test_suite_runs_every_scenario_and_writes_results_summary_and_plots(tmp_path
         for peer, runs in scenario["peers"].items():
             (run,) = runs
             assert "error" not in run, (key, peer, run)
+            assert 0.0 <= run["other_work_share"] <= 1.0, (key, peer, run)
     (s1,) = data["scenarios"]["s1-4"]["peers"]["unisock"]
     assert s1["deliveries"] == 4 * 50 and s1["server_cpu_s"] >= 0
     (s2,) = data["scenarios"]["s2"]["peers"]["unisock"]
@@ -84,6 +85,7 @@ def test_suite_runs_every_scenario_and_writes_results_summary_and_plots(tmp_path
     assert data["figures"]["s1-4"]["unisock"]["cpu_s_per_million"]["valid_runs"] == 1
     summary = (tmp_path / "summary.md").read_text()
     assert "TINY SIZE" in summary and "| `unisock` |" in summary and "## Targets" in summary
+    assert "other programs used at most" in summary
 
 
 @pytest.mark.slow
