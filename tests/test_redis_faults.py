@@ -164,11 +164,11 @@ async def test_redis_restarted_from_a_snapshot_still_starts_a_new_epoch() -> Non
 
 @contextlib.asynccontextmanager
 async def two_nodes_beating(
-    redis_server: PrivateRedis, node_ttl_ms: int
+    redis_server: PrivateRedis, node_ttl_ms: int, **server: Any
 ) -> AsyncIterator[tuple[ServerHarness, ServerHarness]]:
     """Two nodes whose liveness beats every ``node_ttl_ms / 3``: a long one leaves the restore
     to the test (``renew``), so that the order of events is the test's, not the timers'."""
-    conf = settings()
+    conf = settings(**server)
     nodes = []
     try:
         for _ in range(2):
@@ -234,6 +234,29 @@ async def test_a_restored_connection_yields_to_a_newer_one_of_its_session() -> N
             assert (closed.code, closed.reason) == (4001, "superseded")
             await alive(second)
             await registered(redis_server, b, "alice", 1)  # only `second` counts
+
+
+@asynctest
+async def test_a_restore_counts_against_the_per_user_cap() -> None:
+    """Redis lost the user's list; two newer connections registered on node b fill the cap of
+    2 before node a restores its older one: the restore is counted, and the oldest connection
+    in authentication order, the restored one, is closed (UNI-SESS-11, UNI-SESS-14)."""
+    with private_redis() as redis_server:
+        async with two_nodes_beating(redis_server, 120_000, max_connections_per_user=2) as (
+            a,
+            b,
+        ):
+            oldest = await a.connect(token(sub="dave"))
+            await registered(redis_server, a, "dave", 1)
+            redis_server.restart()
+            newer = [await b.connect(token(sub="dave")) for _ in range(2)]
+            await registered(redis_server, b, "dave", 2)
+            await broker_of(a).renew()  # node a finds its key gone and restores `oldest`
+            closed = await oldest.expect_close()
+            assert (closed.code, closed.reason) == (4001, "superseded")
+            for client in newer:
+                await alive(client)
+            await registered(redis_server, b, "dave", 2)
 
 
 @asynctest

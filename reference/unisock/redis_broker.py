@@ -152,6 +152,7 @@ class RedisBroker:
         self._loss_listeners: tuple[LossListener, ...] = ()
         # connection -> (tenant, sub, sid, stamp): what restores it should Redis lose it
         self._local: dict[str, tuple[str, str, str, str]] = {}
+        self._caps: dict[str, int] = {}  # connection -> the per-user cap it registered under
         self._restore_pending = False
         self._unregistered: dict[str, int] = {}  # connection -> cap, registration to retry
         self._wake = asyncio.Event()
@@ -632,12 +633,10 @@ class RedisBroker:
             self._unregistered.pop(connection_id, None)
             return  # closed meanwhile
         tenant, sub, sid, stamp = known
-        cap = self._unregistered.get(connection_id)
-        if restore and cap is not None:
+        if restore and connection_id in self._unregistered:
             return  # never registered: registered as new below
-        _, kept, _ = await self._register(
-            tenant, sub, sid, connection_id, cap or 0, stamp=stamp, restore=cap is None
-        )
+        cap = self._caps.get(connection_id, 1)
+        _, kept, _ = await self._register(tenant, sub, sid, connection_id, cap, stamp=stamp)
         self._unregistered.pop(connection_id, None)
         if connection_id in self._local:
             self._local[connection_id] = (tenant, sub, sid, kept)
@@ -654,7 +653,6 @@ class RedisBroker:
         cap: int,
         *,
         stamp: str | None,
-        restore: bool = False,
     ) -> tuple[bool, str, list[str]]:
         """One registration or restore of a connection authenticated at ``stamp`` (Redis time in
         microseconds; None: now); returns whether this node's key had lapsed, the stamp
@@ -668,7 +666,6 @@ class RedisBroker:
             cap,
             self.keys.node_prefix,
             _USER_TTL_MS,
-            "1" if restore else "0",
             self._fanout_max,
             self._node_ttl,
             "-1" if stamp is None else stamp,
@@ -686,6 +683,7 @@ class RedisBroker:
         # order the registrations of several nodes reach Redis in: Redis time, as this node
         # estimates it, now (Redis takes its own time if that is earlier).
         authenticated = str(int(time.time_ns() / 1000 + self._skew.offset_ms * 1000))
+        self._caps[connection_id] = max_per_user
         try:
             lapsed, stamp, superseded = await self._register(
                 tenant, sub, encoded, connection_id, max_per_user, stamp=authenticated
@@ -708,6 +706,7 @@ class RedisBroker:
         """Forget a closed connection of this node; unknown ids are ignored."""
         known = self._local.pop(connection_id, None)
         self._unregistered.pop(connection_id, None)
+        self._caps.pop(connection_id, None)
         if known is None or self._cmd is None:
             return
         await self._forget(known[0], known[1], connection_id, known[2], known[3])

@@ -302,23 +302,23 @@ end
 
 if op == 'register' then
   -- KEYS: gen user seq fan
-  -- ARGV: op now cand connection node sid max node_prefix ttl restore fan_max node_ttl stamp
+  -- ARGV: op now cand connection node sid max node_prefix ttl fan_max node_ttl stamp
   -- sid is '' without one, else '=' .. sid, so that no sid ever equals the empty one. stamp is
   -- when the connection authenticated (Redis time in us, as the node estimates it; -1: now):
   -- the list is in stamp order, the newer connection of a session wins and the cap closes
   -- the oldest, whatever order registrations arrive in (a restore, or a registration that
-  -- failed then, comes late). A restore adds to the list and applies no cap.
+  -- failed then, comes late). A restore (Redis lost the list) is a registration like any
+  -- other: whatever order the nodes restore in, the cap keeps the newest connections.
   local gen = generation()
   local user, connection, me, sid = KEYS[2], ARGV[4], ARGV[5], ARGV[6]
-  local restore = ARGV[10] == '1'
   local t = redis.call('TIME')
   local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local stamp = tonumber(ARGV[13])
+  local stamp = tonumber(ARGV[12])
   if stamp < 0 or stamp > now_us then stamp = now_us end  -- a node's estimate is no later
   -- A node that registers is alive, at once: Redis may have lost its key (restarted, flushed)
   -- and another node must not take this connection for a dead node's. Had the key gone, the
   -- caller registers its other connections again.
-  local lapsed = redis.call('SET', ARGV[8] .. me, '1', 'PX', ARGV[12], 'GET') == false
+  local lapsed = redis.call('SET', ARGV[8] .. me, '1', 'PX', ARGV[11], 'GET') == false
   local alive = {[me] = true}
   local keep, superseded, lost = {}, {}, false
   for _, entry in ipairs(redis.call('LRANGE', user, 0, -1)) do
@@ -352,20 +352,18 @@ if op == 'register' then
       end
     end
     table.insert(keep, at, mine)
-    if not restore then
-      -- UNI-SESS-11: the oldest go, after the session rule (UNI-SESS-13)
-      local overflow = #keep - math.max(tonumber(ARGV[7]), 1)
-      if overflow > 0 then
-        local rest = {}
-        for i, entry in ipairs(keep) do
-          if i <= overflow then
-            table.insert(superseded, string.match(entry, '^([^\t]*)'))
-          else
-            table.insert(rest, entry)
-          end
+    -- UNI-SESS-11: the oldest go, after the session rule (UNI-SESS-13)
+    local overflow = #keep - math.max(tonumber(ARGV[7]), 1)
+    if overflow > 0 then
+      local rest = {}
+      for i, entry in ipairs(keep) do
+        if i <= overflow then
+          table.insert(superseded, string.match(entry, '^([^\t]*)'))
+        else
+          table.insert(rest, entry)
         end
-        keep = rest
       end
+      keep = rest
     end
   end
   redis.call('DEL', user)
@@ -375,7 +373,7 @@ if op == 'register' then
   end
   if #superseded > 0 then
     local q = redis.call('INCR', KEYS[3])
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[11], '*',
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[10], '*',
       'p', int(q) .. ' ' .. gen, 's', table.concat(superseded, ' '))
   end
   local reply = {lapsed and 1 or 0, int(stamp)}
