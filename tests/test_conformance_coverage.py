@@ -19,14 +19,18 @@ from unisock_conformance.spectext import load_registry
 
 REGISTRY = load_registry(SPEC_DIR)["requirements"]
 IDS = {entry["id"] for entry in REGISTRY}
-# Claims (UNI-CONF-2, -3, -5, -6, -7, -11), where a broadcaster keeps its token (UNI-SEC-8) and
-# the refusal to start with a short HS256 secret (UNI-AUTH-28), which no client can observe.
+# Claims and conformance as a whole (UNI-CONF-2 to -7, -9, -11), a client's test adapter adding
+# no behaviour of its own (UNI-CONF-10), where a broadcaster keeps its token (UNI-SEC-8) and the
+# refusal to start with a short HS256 secret (UNI-AUTH-28), which no client can observe.
 INSPECTION = {
     "UNI-CONF-2",
     "UNI-CONF-3",
+    "UNI-CONF-4",
     "UNI-CONF-5",
     "UNI-CONF-6",
     "UNI-CONF-7",
+    "UNI-CONF-9",
+    "UNI-CONF-10",
     "UNI-CONF-11",
     "UNI-SEC-8",
     "UNI-AUTH-28",
