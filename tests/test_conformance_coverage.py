@@ -1,12 +1,13 @@
-"""Every absolute server and broadcaster requirement has a conformance check (spec 14.5).
+"""Every absolute requirement has a conformance check (spec 14.5).
 
-Server requirements need a check in the server suite; broadcaster requirements need one in
-the server suite or among what a ``--role broadcaster`` run of the client suite grades. The
-scan reads the check sources and the client suite's registry, so a MUST without a check
-fails here before anything is run; the run-time report grades the same requirement
-``untested``. The only exemptions are requirements the registry marks ``"verification":
-"inspection"``: no behaviour on the wire can show them (spec 14.2), and that list is fixed
-here.
+Server requirements need a check in the server suite; client requirements need a check of
+the client suite, one of its parts, or a rule the client suite checks on every frame or
+adapter line; broadcaster requirements need one in the server suite or among what a
+``--role broadcaster`` run of the client suite grades. The scan reads the check sources and
+the client suite's registry, so a MUST without a check fails here before anything is run;
+the run-time report grades the same requirement ``untested``. The only exemptions are
+requirements the registry marks ``"verification": "inspection"``: no behaviour on the wire
+can show them (spec 14.2), and that list is fixed here.
 """
 
 from __future__ import annotations
@@ -83,6 +84,11 @@ def _musts_without(role: str, covered: set[str]) -> list[str]:
 def test_every_server_must_has_a_server_suite_check() -> None:
     missing = _musts_without("server", set(scan_checks()))
     assert not missing, f"{len(missing)} server MUST(s) without a check: {missing}"
+
+
+def test_every_client_must_has_a_client_suite_check() -> None:
+    missing = _musts_without("client", set(_client_suite_run_ids("all")))
+    assert not missing, f"{len(missing)} client MUST(s) without a check: {missing}"
 
 
 def test_every_broadcaster_must_has_a_check_in_either_suite() -> None:
