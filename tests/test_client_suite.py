@@ -116,6 +116,8 @@ BROKEN = [
     ("close_leaves_reconnect_pending", "close_while_waiting", "UNI-CLOSE-7", "fail"),
     ("ignores_request_limits", "over_announced_limits", "UNI-LIM-4", "non-strict"),
     ("stable_from_handshake", "holds_until_reset_after", "UNI-CLOSE-15", "fail"),
+    ("logs_refused_token", "writes_no_token", "UNI-SEC-7", "fail"),
+    ("logs_token_signature", "writes_no_token", "UNI-SEC-7", "fail"),
 ]
 
 
