@@ -21,6 +21,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from unisock import schemas
+from unisock_conformance.client_suite.driver import OutputWatch
 from unisock_conformance.client_suite.framework import CHECKS
 from unisock_conformance.client_suite.reporting import build_client_report, write_client_reports
 from unisock_conformance.client_suite.runner import (
@@ -115,6 +116,8 @@ BROKEN = [
     ("close_leaves_reconnect_pending", "close_while_waiting", "UNI-CLOSE-7", "fail"),
     ("ignores_request_limits", "over_announced_limits", "UNI-LIM-4", "non-strict"),
     ("stable_from_handshake", "holds_until_reset_after", "UNI-CLOSE-15", "fail"),
+    ("logs_refused_token", "writes_no_token", "UNI-SEC-7", "fail"),
+    ("logs_token_signature", "writes_no_token", "UNI-SEC-7", "fail"),
 ]
 
 
@@ -192,17 +195,42 @@ def test_every_adapter_requirement_has_a_check() -> None:
 
     registry = load_registry(SPEC_DIR)["requirements"]
     adp = {entry["id"] for entry in registry if entry["id"].startswith("UNI-ADP-")}
-    parts = {
-        "UNI-ADP-6",
-        "UNI-ADP-8",
-        "UNI-ADP-9",
-        "UNI-ADP-10",
-        "UNI-TR-21",
-        "UNI-ERR-12",
-    }
     carried = {ident for spec in framework.CHECKS for ident in spec.requirements}
-    carried |= set(runner.ADAPTER_LINES_IDS) | set(runner.ADAPTER_EXIT_IDS) | parts
+    carried |= set(runner.ADAPTER_LINES_IDS) | set(runner.ADAPTER_EXIT_IDS)
+    carried |= set(framework.scan_parts())
     assert sorted(adp - carried) == []
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 4096])
+def test_output_watch_finds_a_token_however_the_output_is_split(size: int) -> None:
+    first, second = "eyJh.eyJz.c2lnbmF0dXJl", "eyJh.eyJ5.b3RoZXJzaWduYXR1cmU"
+    stderr = f"INFO connecting\nWARNING refused: {first}\n".encode()
+    stdout = b'{"notify":"state"}\n{"seq":2,"note":"b3RoZXJzaWduYXR1cmU"}\n'
+    watch = OutputWatch()
+    for label, token in (("first", first), ("second", second)):
+        watch.add(token, label)
+        watch.add(token.rsplit(".", 1)[-1], f"signature of {label}")
+    watch.add("never-written", "other")
+    for at in range(0, max(len(stderr), len(stdout)), size):
+        watch.feed("stderr", stderr[at : at + size])
+        watch.feed("stdout", stdout[at : at + size])
+    found = {label: stream for label, (stream, _line) in watch.found.items()}
+    assert found == {
+        "first": "stderr",
+        "signature of first": "stderr",
+        "signature of second": "stdout",
+    }
+    if size == 4096:
+        assert watch.found["first"] == ("stderr", "WARNING refused: <first>")
+        assert watch.found["signature of second"][1] == '{"seq":2,"note":"<signature of second>"}'
+
+
+def test_output_watch_does_not_join_the_two_streams() -> None:
+    watch = OutputWatch()
+    watch.add("abc.def", "token")
+    watch.feed("stdout", b"abc")
+    watch.feed("stderr", b".def")
+    assert watch.found == {}
 
 
 def test_broadcaster_role_selects_no_client_only_checks() -> None:

@@ -99,4 +99,17 @@ export const VARIANTS = [
     grade: "fail",
     patches: [["src/client.ts", "        this.send(pong);\n", ""]],
   },
+  {
+    name: "logs_refused_token",
+    keyword: "writes_no_token",
+    requirement: "UNI-SEC-7",
+    grade: "fail",
+    patches: [
+      [
+        "src/client.ts",
+        'if (typeof this.tokenSource === "string") throw new Stop(close);',
+        'if (close.code === 4100 || close.code === 4101) console.error(`unisock: token refused (${close.code}): ${this.lastToken}`);\n    if (typeof this.tokenSource === "string") throw new Stop(close);',
+      ],
+    ],
+  },
 ];

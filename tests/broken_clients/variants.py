@@ -375,6 +375,29 @@ def stable_from_handshake() -> None:
     client_module.Client._connection = connection  # type: ignore[method-assign]
 
 
+def logs_refused_token() -> None:
+    """Logs the refused token at WARNING when the server closes with 4100 or 4101."""
+    original = client_module.Client._new_token
+
+    async def new_token(self: client_module.Client, close: client_module.CloseInfo) -> str:
+        if close.code in (4100, 4101):
+            client_module.log.warning("token refused (%s): %s", close.name, self._last_token)
+        return await original(self, close)
+
+    client_module.Client._new_token = new_token  # type: ignore[method-assign]
+
+
+def logs_token_signature() -> None:
+    """Logs the signature of the token of every hello at WARNING, as if it were harmless."""
+    original = client_module.Client._connection
+
+    async def connection(self: client_module.Client, token: str) -> Any:
+        client_module.log.warning("hello with token signature %s", token.rsplit(".", 1)[-1])
+        return await original(self, token)
+
+    client_module.Client._connection = connection  # type: ignore[method-assign]
+
+
 VARIANTS: dict[str, Callable[[], None]] = {
     "no_jitter": no_jitter,
     "no_backoff_cap": no_backoff_cap,
@@ -403,6 +426,8 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "close_leaves_reconnect_pending": close_leaves_reconnect_pending,
     "ignores_request_limits": ignores_request_limits,
     "stable_from_handshake": stable_from_handshake,
+    "logs_refused_token": logs_refused_token,
+    "logs_token_signature": logs_token_signature,
 }
 
 

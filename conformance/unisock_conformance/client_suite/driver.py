@@ -27,6 +27,7 @@ __all__ = [
     "AdapterProcess",
     "Errored",
     "Notification",
+    "OutputWatch",
     "Skipped",
 ]
 
@@ -82,6 +83,47 @@ class Notification:
 TokenSupplier = Callable[[str], "str | None"]
 
 
+class OutputWatch:
+    """Finds given texts anywhere in what the adapter writes, however its reads split it.
+
+    Each stream keeps, from its earlier reads, one octet less than the longest text, so a
+    text split across two reads is still found. Only output read after a text was added is
+    searched for it: add a secret before the adapter can know it.
+    """
+
+    def __init__(self) -> None:
+        self._texts: dict[bytes, str] = {}
+        self._tails: dict[str, bytes] = {}
+        self.found: dict[str, tuple[str, str]] = {}
+        """Label -> the stream where its text first appeared, and the line around it."""
+
+    def add(self, text: str, label: str) -> None:
+        if text:
+            self._texts[text.encode("utf-8")] = label
+
+    def feed(self, stream: str, data: bytes) -> None:
+        if not self._texts:
+            return
+        window = self._tails.get(stream, b"") + data
+        for text, label in self._texts.items():
+            at = window.find(text)
+            if at >= 0 and label not in self.found:
+                # The line around it, at most 120 octets either side.
+                start = max(window.rfind(b"\n", 0, at) + 1, at - 120)
+                end = window.find(b"\n", at + len(text))
+                end = at + len(text) + 120 if end < 0 else min(end, at + len(text) + 120)
+                line = window[start:end].decode("utf-8", errors="replace")
+                self.found[label] = (stream, self.redact(line))
+        keep = max(len(text) for text in self._texts) - 1
+        self._tails[stream] = window[-keep:] if keep else b""
+
+    def redact(self, text: str) -> str:
+        """``text`` with every watched text replaced by its label, longest first."""
+        for secret in sorted(self._texts, key=len, reverse=True):
+            text = text.replace(secret.decode("utf-8"), f"<{self._texts[secret]}>")
+        return text
+
+
 class AdapterProcess:
     """One running adapter: requests, replies, notifications and token requests."""
 
@@ -111,6 +153,8 @@ class AdapterProcess:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stderr = bytearray()
         self._exited = False
+        self.watch = OutputWatch()
+        """Texts looked for in everything the adapter writes, on both streams."""
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -160,6 +204,9 @@ class AdapterProcess:
                 self.problems.append("the adapter did not exit after exit and end of input")
                 proc.kill()
                 await proc.wait()
+        if self._tasks:
+            # What the adapter wrote last is still in the pipes: read it to the end.
+            await asyncio.wait(list(self._tasks), timeout=1.0)
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -260,6 +307,7 @@ class AdapterProcess:
     async def _read_stderr(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
         while chunk := await self._proc.stderr.read(4096):
+            self.watch.feed("stderr", chunk)
             self._stderr += chunk
             if len(self._stderr) > _STDERR_KEEP:
                 del self._stderr[: len(self._stderr) - _STDERR_KEEP]
@@ -275,6 +323,7 @@ class AdapterProcess:
                 continue
             if not raw:
                 break
+            self.watch.feed("stdout", raw)
             self._on_line(raw)
         await self._proc.wait()
         if not self._exited:

@@ -9,10 +9,12 @@ separately with :meth:`Context.part`, so a missed recommendation never fails a M
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 from unisock_conformance.client_suite.driver import AdapterProcess, Errored
@@ -27,10 +29,12 @@ __all__ = [
     "Tolerances",
     "backoff_range",
     "check",
+    "scan_parts",
 ]
 
 TIERS: Final = ("smoke", "client", "broadcaster")
 ABSOLUTE_FLOOR_MS: Final = 100
+SUITE_DIR: Final = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,38 @@ def check(
         return func
 
     return register
+
+
+def scan_parts(directory: Path = SUITE_DIR) -> dict[str, list[str]]:
+    """Requirement ID -> the parts that grade it, as ``client_suite/MODULE.py::CHECK[PART]``.
+
+    A part's IDs are known only when its check runs; this reads the ``ctx.part(NAME, ID...)``
+    calls in the check sources instead, so that coverage is known without a run. A part is
+    named after the module-level function whose body holds the call.
+    """
+    found: dict[str, list[str]] = {}
+    for path in sorted(directory.glob("checks_*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        module = path.stem.removeprefix("checks_")
+        for func in tree.body:
+            if not isinstance(func, ast.AsyncFunctionDef | ast.FunctionDef):
+                continue
+            check_name = func.name.removeprefix("check_")
+            for node in ast.walk(func):
+                if not (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "part"
+                ):
+                    continue
+                values = [arg.value for arg in node.args if isinstance(arg, ast.Constant)]
+                if len(values) != len(node.args) or not values or not isinstance(values[0], str):
+                    continue
+                nodeid = f"client_suite/{module}.py::{check_name}[{values[0]}]"
+                for ident in values[1:]:
+                    if isinstance(ident, str):
+                        found.setdefault(ident, []).append(nodeid)
+    return found
 
 
 @dataclass
