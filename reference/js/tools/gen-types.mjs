@@ -84,7 +84,9 @@ async function resolved(file) {
       if (key === "$ref" || ANNOTATIONS.has(key)) continue;
       if (!KEYWORDS.has(key)) throw new Error(`${where}: keyword ${key} is not validated by src/schema.ts`);
       if (key in out) throw new Error(`${where}: ${key} next to a $ref that sets it`);
-      if (key === "properties") {
+      if (key === "const" || key === "enum" || key === "required") {
+        out[key] = value; // data, not schemas
+      } else if (key === "properties") {
         out[key] = {};
         for (const [name, inner] of Object.entries(value)) out[key][name] = await walk(inner, file, `${where}/properties/${name}`);
       } else {
