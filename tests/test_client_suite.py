@@ -113,6 +113,8 @@ BROKEN = [
     ("ignores_unknown_error_codes", "unknown_error_code", "UNI-ERR-13", "fail"),
     ("keeps_first_backoff", "replaces_the_backoff", "UNI-LC-15", "fail"),
     ("no_welcome_deadline", "without_welcome_is_abandoned", "UNI-HB-12", "non-strict"),
+    ("stops_on_a_bad_welcome", "first_message_other", "UNI-LC-21", "fail"),
+    ("skips_a_bad_first_message", "first_message_other", "UNI-LC-21", "fail"),
     ("close_leaves_reconnect_pending", "close_while_waiting", "UNI-CLOSE-7", "fail"),
     ("ignores_request_limits", "over_announced_limits", "UNI-LIM-4", "non-strict"),
     ("stable_from_handshake", "holds_until_reset_after", "UNI-CLOSE-15", "fail"),

@@ -1050,6 +1050,8 @@ class Client:
             return None
         msg = _decode(raw)
         if msg is None or msg.get("type") != "welcome" or _invalid(msg):
+            # Close, send nothing more, and retry with backoff as after a lost connection
+            # (UNI-LC-21).
             log.warning("expected welcome; closing")
             self._local_close = CloseInfo(1006, "bad_welcome", local=True)
             await ws.close(1002, "protocol_error")

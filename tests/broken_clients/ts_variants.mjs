@@ -112,4 +112,18 @@ export const VARIANTS = [
       ],
     ],
   },
+  {
+    name: "stops_on_a_bad_welcome",
+    keyword: "first_message_other",
+    requirement: "UNI-LC-21",
+    grade: "fail",
+    patches: [["src/client.ts", 'this.localClose = closeInfo(1006, "bad_welcome", true);', 'this.localClose = closeInfo(1002, "bad_welcome", true);']],
+  },
+  {
+    name: "welcome_unchecked",
+    keyword: "first_message_other",
+    requirement: "UNI-LC-21",
+    grade: "fail",
+    patches: [["src/wire.ts", "return validates(WELCOME_SCHEMA, message) ?", "return true ?"]],
+  },
 ];

@@ -340,6 +340,39 @@ def no_welcome_deadline() -> None:
     client_module.Client._await_welcome = await_welcome  # type: ignore[method-assign]
 
 
+def stops_on_a_bad_welcome() -> None:
+    """Stops for good, as after its own 1002 close, when the first message is not welcome."""
+    original = client_module.Client._await_welcome
+
+    async def await_welcome(self: client_module.Client, ws: Any) -> Any:
+        welcome = await original(self, ws)
+        local = self._local_close
+        if welcome is None and local is not None and local.reason == "bad_welcome":
+            self._local_close = client_module.CloseInfo(1002, "protocol_error", local=True)
+        return welcome
+
+    client_module.Client._await_welcome = await_welcome  # type: ignore[method-assign]
+
+
+def skips_a_bad_first_message() -> None:
+    """Ignores first messages that are not a valid welcome and waits for one, up to the deadline."""
+
+    async def await_welcome(self: client_module.Client, ws: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._seconds(self._auth_timeout_ms)
+        while True:
+            try:
+                raw = await asyncio.wait_for(ws.recv(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                await self._abort(ws, client_module.CloseInfo(1006, "welcome_timeout", local=True))
+                return None
+            msg = client_module._decode(raw)
+            if msg is not None and msg.get("type") == "welcome" and not client_module._invalid(msg):
+                return client_module.Welcome.from_message(msg)
+
+    client_module.Client._await_welcome = await_welcome  # type: ignore[method-assign]
+
+
 def close_leaves_reconnect_pending() -> None:
     """An application close while waiting to reconnect does not cancel the reconnection."""
 
@@ -423,6 +456,8 @@ VARIANTS: dict[str, Callable[[], None]] = {
     "ignores_unknown_error_codes": ignores_unknown_error_codes,
     "keeps_first_backoff": keeps_first_backoff,
     "no_welcome_deadline": no_welcome_deadline,
+    "stops_on_a_bad_welcome": stops_on_a_bad_welcome,
+    "skips_a_bad_first_message": skips_a_bad_first_message,
     "close_leaves_reconnect_pending": close_leaves_reconnect_pending,
     "ignores_request_limits": ignores_request_limits,
     "stable_from_handshake": stable_from_handshake,

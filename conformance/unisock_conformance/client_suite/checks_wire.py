@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
+import json
 from collections.abc import Callable
 from typing import Any, Final
 
-from unisock_conformance.client_suite.framework import Context, check
+from unisock_conformance.client_suite.framework import Context, backoff_range, check
 from unisock_conformance.client_suite.harness import HConn
 
 
@@ -369,3 +371,85 @@ async def check_attempt_without_welcome_is_abandoned_after_auth_timeout(ctx: Con
     )
     following = await ctx.reconnect(waiting, quiet_ms(ctx, SHORT) + deadline / 2)
     assert following is not None, "the abandoned attempt was not followed by another one"
+
+
+def _without(message: dict[str, Any], path: str) -> dict[str, Any]:
+    """A copy of ``message`` without the member at the dotted ``path``."""
+    result = copy.deepcopy(message)
+    *parents, last = path.split(".")
+    inner = result
+    for key in parents:
+        inner = inner[key]
+    del inner[last]
+    return result
+
+
+EARLY_EVENT: Final = {
+    "type": "event",
+    "channel": "tasks.42",
+    "epoch": "e-1",
+    "offset": 1,
+    "event": "task.updated",
+    "data": {},
+    "message_id": "early-1",
+    "ts": 0,
+}
+# What the harness answers hello with instead of a valid welcome: types a careless client
+# acts on (a pong to the ping, the event delivered), an unknown type, texts that are no
+# JSON object, and welcomes that break their schema at the top, deeper down and in a value.
+NOT_WELCOME: Final[tuple[tuple[str, Callable[[HConn], dict[str, Any] | str]], ...]] = (
+    ("a ping", lambda conn: {"type": "ping", "nonce": "before-welcome", "id": "p0"}),
+    ("an event", lambda conn: EARLY_EVENT),
+    ("an unknown type", lambda conn: {"type": "x_future_greeting", "protocol": "unisock.v1"}),
+    ("text that is not JSON", lambda conn: "welcome"),
+    ("a JSON array", lambda conn: json.dumps([conn.welcome_message()])),
+    (
+        "a welcome without connection_id",
+        lambda conn: _without(conn.welcome_message(), "connection_id"),
+    ),
+    (
+        "a welcome without limits.max_queue",
+        lambda conn: _without(conn.welcome_message(), "limits.max_queue"),
+    ),
+    ("a welcome of spec_version 2.0.0", lambda conn: conn.welcome_message(spec_version="2.0.0")),
+)
+# 4000 is what a browser can send in place of 1002 (UNI-LC-21); no close frame is an abort.
+NOT_WELCOME_CLOSE_CODES: Final = (1002, 4000)
+
+
+@check("UNI-LC-21", timeout_s=60)
+async def check_first_message_other_than_welcome_ends_the_attempt_and_backs_off(
+    ctx: Context,
+) -> None:
+    """hello answered by anything but a valid welcome: closed, nothing sent, retried later.
+
+    Each reconnection is answered by one of NOT_WELCOME. The client ends that connection,
+    with 1002 (4000 in browsers) or without a closing handshake, sends nothing after its
+    hello, and opens the next one after a backoff delay within [F, cap_ms] of the last
+    welcome: not at once, and not never. auth_timeout_ms is far beyond the waits, so a
+    client that only abandons the attempt for want of a welcome (UNI-HB-12) fails. A valid
+    welcome at the end opens the session again, and the subscription is resumed.
+    """
+    from unisock_conformance.client_suite.checks_reconnect import SHORT, expect_reconnect, settle
+
+    ctx.harness.profile = {"backoff": SHORT, "limits": {"auth_timeout_ms": 600000}}
+    conn = await ctx.connect()
+    await ctx.call("subscribe", channel="tasks.42")
+    await conn.close(1011, "internal_error")
+    low, high = backoff_range(SHORT, 10)
+    previous = "a close with 1011"
+    for what, answer in NOT_WELCOME:
+        conn, _delay = await expect_reconnect(ctx, conn, low, high, f"after {previous}")
+        previous = f"hello answered by {what}"
+        await conn.send(answer(conn))
+        ended = await conn.ended(ctx.timeout)
+        assert ended and conn.ended_by == "client", f"{previous}: the connection was kept open"
+        sent = [frame.type for frame in conn.frames]
+        assert sent == ["hello"], f"{previous}: the client then sent {sent[1:]}"
+        assert conn.client_close is None or conn.client_close[0] in NOT_WELCOME_CLOSE_CODES, (
+            f"{previous}: the client closed with {conn.client_close}"
+        )
+    conn, _delay = await expect_reconnect(ctx, conn, low, high, f"after {previous}")
+    await settle(ctx, conn)
+    resumed = await conn.frame("subscribe", ctx.timeout)
+    assert resumed is not None, "after a valid welcome the subscription was not resumed"

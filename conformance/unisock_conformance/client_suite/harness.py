@@ -242,8 +242,12 @@ class HConn:
         except ConnectionClosed:
             pass
 
-    async def send_welcome(self, **overrides: Any) -> dict[str, Any]:
-        """Answer the hello; values come from the harness profile, then ``overrides``."""
+    def welcome_message(self, **overrides: Any) -> dict[str, Any]:
+        """The welcome for this hello, not sent: the harness profile, then ``overrides``.
+
+        A check that answers hello with something else starts from it (a welcome broken
+        on purpose); only :meth:`send_welcome` counts the connection as welcomed.
+        """
         claims = self.harness.claims_of(self.token)
         session: dict[str, Any] = {
             "tenant": claims.get("tenant", DEFAULT_TENANT),
@@ -255,6 +259,11 @@ class HConn:
         welcome = _merge(welcome, overrides)
         welcome["connection_id"] = f"h{self.index}"
         welcome.setdefault("session", session)
+        return welcome
+
+    async def send_welcome(self, **overrides: Any) -> dict[str, Any]:
+        """Answer the hello; values come from the harness profile, then ``overrides``."""
+        welcome = self.welcome_message(**overrides)
         self.welcome = welcome
         self.welcome_at = time.monotonic()
         await self.send(welcome)

@@ -876,6 +876,8 @@ export class UnisockClient extends Emitter<ClientEvents> {
         const message = decode(event.data);
         if (openedAt === undefined) {
           if (!message || message.type !== "welcome") {
+            // Not a valid welcome: close, send nothing more, and retry as after a lost
+            // connection, with backoff (UNI-LC-21); 4000 where the interface refuses 1002.
             this.localClose = closeInfo(1006, "bad_welcome", true);
             closeWith(socket, 1002, 4000, "protocol_error");
             return;

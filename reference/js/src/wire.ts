@@ -1,8 +1,10 @@
 /**
  * Decoding server messages. A message of a known type is handed on only when the members the
  * client reads have the types the schemas give them; unknown members are ignored (UNI-TR-21)
- * and unknown types are dropped (UNI-TR-22). The message types are generated from
- * schemas/v1 (src/generated), so a schema change that breaks the client breaks its build.
+ * and unknown types are dropped (UNI-TR-22). `welcome` is validated against its whole schema:
+ * a first message that is not a valid welcome ends the attempt (UNI-LC-21). The message
+ * types are generated from schemas/v1 (src/generated), so a schema change that breaks the
+ * client breaks its build.
  */
 import type {
   AckMessage,
@@ -23,6 +25,8 @@ import type {
   UnsubscribedMessage,
   WelcomeMessage,
 } from "./generated/messages.js";
+import { WELCOME_SCHEMA } from "./generated/welcome.js";
+import { validates } from "./schema.js";
 
 export type ServerMessage =
   | AckMessage
@@ -52,20 +56,7 @@ type Kind = "string" | "int" | "bool" | "object" | "array" | "any";
 type Shape = Record<string, `${Kind}` | `${Kind}?`>;
 
 const POSITION: Shape = { epoch: "string", offset: "int" };
-const SHAPES: Record<ServerMessage["type"], Shape> = {
-  welcome: {
-    protocol: "string",
-    spec_version: "string",
-    connection_id: "string",
-    session: "object",
-    heartbeat: "object",
-    backoff: "object",
-    limits: "object",
-    history: "object",
-    dedup_window_ms: "int",
-    refresh_warning_ms: "int",
-    features: "array",
-  },
+const SHAPES: Record<Exclude<ServerMessage["type"], "welcome">, Shape> = {
   refreshed: { id: "string", expires_at: "int" },
   subscribed: { id: "string", channel: "string", ts: "int", position: "object?" },
   unsubscribed: { id: "string?", channel: "string", reason: "string" },
@@ -97,11 +88,6 @@ const SHAPES: Record<ServerMessage["type"], Shape> = {
   pong: { id: "string?", nonce: "string?" },
 };
 const NESTED: Record<string, Record<string, Shape>> = {
-  welcome: {
-    heartbeat: { interval_ms: "int", timeout_ms: "int" },
-    backoff: { base_ms: "int", cap_ms: "int", floor_ms: "int", reset_after_ms: "int" },
-    session: { tenant: "string", sub: "string", role: "string", expires_at: "int" },
-  },
   subscribed: { position: POSITION },
 };
 
@@ -149,8 +135,11 @@ export function decode(text: string): ServerMessage | undefined {
   if (!fits(value, "object")) return undefined;
   const message = value as Record<string, unknown>;
   const type = message["type"];
+  if (type === "welcome") {
+    return validates(WELCOME_SCHEMA, message) ? (message as unknown as WelcomeMessage) : undefined;
+  }
   if (typeof type !== "string" || !Object.hasOwn(SHAPES, type)) return undefined;
-  if (!conforms(message, SHAPES[type as ServerMessage["type"]])) return undefined;
+  if (!conforms(message, SHAPES[type as keyof typeof SHAPES])) return undefined;
   const nested = NESTED[type] ?? {};
   for (const [key, shape] of Object.entries(nested)) {
     const inner = message[key];

@@ -1,6 +1,7 @@
 // The client against an in-memory server: what it sends, what it hands the application.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { UnisockClient, ServerError, LocalError } from "../dist/index.js";
 import { FakeServer, welcome } from "./fake.mjs";
 
@@ -170,4 +171,71 @@ test("overlapping subscriptions each get only what their own filter selects", as
   assert.deepEqual(all, [1, 2]);
   assert.deepEqual(done, [2]);
   await client.close();
+});
+
+const WELCOME_EXAMPLES = JSON.parse(readFileSync(new URL("../../../schemas/v1/examples/welcome.json", import.meta.url), "utf8"));
+// First messages that are not a valid welcome (UNI-LC-21): other types, no JSON object, and
+// every invalid welcome of the schema examples.
+const NOT_WELCOME = [
+  ["a ping", { type: "ping", id: "p0", nonce: "n0" }],
+  ["an unknown type", { type: "x_future_greeting" }],
+  ["text that is not JSON", "welcome"],
+  ["a JSON array", JSON.stringify([welcome()])],
+  ...WELCOME_EXAMPLES.invalid.map(({ description, message }) => [description, message]),
+];
+
+test("client accepts each valid welcome of the schema examples as the first message", async () => {
+  for (const example of WELCOME_EXAMPLES.valid) {
+    const server = new FakeServer();
+    const client = new UnisockClient({ url: "ws://127.0.0.1:1/", token: "t0", WebSocket: server.WebSocket });
+    try {
+      const connected = client.connect();
+      (await server.socket(0)).deliver(example);
+      assert.equal((await connected).connection_id, example.connection_id);
+    } finally {
+      await client.close();
+    }
+  }
+});
+
+test("client closes an attempt whose first message is not a valid welcome, sends nothing more and retries with backoff", async () => {
+  // The fake welcome's backoff: every delay within [100, 200] ms.
+  const { client, server, socket } = await open();
+  try {
+    const sub = client.subscribe("tasks.42");
+    subscribed(socket, socket.of("subscribe")[0]);
+    await sub.ready;
+    socket.serverClose(1011, "internal_error");
+    let ended = Date.now();
+    let index = 1;
+    for (const [what, first] of NOT_WELCOME) {
+      const attempt = await server.socket(index);
+      assert.ok(Date.now() - ended >= 90, `${what}: the attempt started ${Date.now() - ended} ms after the last`);
+      attempt.deliver(first);
+      await server.until(() => attempt.clientClose);
+      ended = Date.now();
+      assert.deepEqual(attempt.clientClose, { code: 1002, reason: "protocol_error" }, what);
+      assert.deepEqual(attempt.sent.map((m) => m.type), ["hello"], what);
+      index += 1;
+    }
+    const next = await server.socket(index);
+    next.deliver(welcome());
+    assert.equal((await server.until(() => next.of("subscribe")[0])).channel, "tasks.42");
+  } finally {
+    await client.close();
+  }
+});
+
+test("client closes with 4000 on a first message other than welcome where the interface refuses 1002", async () => {
+  const { client, server, socket } = await open({ fake: { browserLike: true } });
+  try {
+    socket.serverClose(1011, "internal_error");
+    const attempt = await server.socket(1);
+    attempt.deliver({ type: "event", channel: "tasks.42", epoch: "e1", offset: 1, event: "t.e", data: {}, message_id: "m1", ts: 1 });
+    await server.until(() => attempt.clientClose);
+    assert.deepEqual(attempt.clientClose, { code: 4000, reason: "protocol_error" });
+    await server.socket(2);
+  } finally {
+    await client.close();
+  }
 });

@@ -55,8 +55,61 @@ async function errorCodes() {
   return `${banner}\n/** The error code registry (schemas/v1/registries/error-codes.json). */\nexport const ERROR_CODES = ${JSON.stringify(reg, null, 2)} as const;\n`;
 }
 
+// The keywords src/schema.ts validates; annotations are dropped, anything else is an error.
+const KEYWORDS = new Set([
+  "type", "const", "enum", "required", "properties", "items", "uniqueItems", "pattern",
+  "minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum",
+]);
+const ANNOTATIONS = new Set(["$schema", "$id", "title", "description", "examples", "$comment"]);
+
+/** A schema of schemas/v1 with every $ref inlined and annotations dropped. */
+async function resolved(file) {
+  const cache = new Map();
+  const load = async (name) => {
+    if (!cache.has(name)) cache.set(name, JSON.parse(await readFile(path.join(schemas, name), "utf8")));
+    return cache.get(name);
+  };
+  const walk = async (node, file, where) => {
+    if (Array.isArray(node)) return Promise.all(node.map((item, i) => walk(item, file, `${where}/${i}`)));
+    if (typeof node !== "object" || node === null) return node;
+    const out = {};
+    if (typeof node.$ref === "string") {
+      const [target, pointer = ""] = node.$ref.split("#");
+      const refFile = target ? path.posix.join(path.posix.dirname(file), target) : file;
+      let inner = await load(refFile);
+      for (const part of pointer.split("/").filter(Boolean)) inner = inner[part];
+      Object.assign(out, await walk(inner, refFile, `${refFile}#${pointer}`));
+    }
+    for (const [key, value] of Object.entries(node)) {
+      if (key === "$ref" || ANNOTATIONS.has(key)) continue;
+      if (!KEYWORDS.has(key)) throw new Error(`${where}: keyword ${key} is not validated by src/schema.ts`);
+      if (key in out) throw new Error(`${where}: ${key} next to a $ref that sets it`);
+      if (key === "const" || key === "enum" || key === "required") {
+        out[key] = value; // data, not schemas
+      } else if (key === "properties") {
+        out[key] = {};
+        for (const [name, inner] of Object.entries(value)) out[key][name] = await walk(inner, file, `${where}/properties/${name}`);
+      } else {
+        out[key] = await walk(value, file, `${where}/${key}`);
+      }
+    }
+    return out;
+  };
+  return walk(await load(file), file, file);
+}
+
+async function welcomeSchema() {
+  const schema = await resolved("messages/welcome.json");
+  return (
+    `${banner}import type { Schema } from "../schema.js";\n\n` +
+    "/** schemas/v1/messages/welcome.json, references resolved (validated by src/schema.ts). */\n" +
+    `export const WELCOME_SCHEMA: Schema = ${JSON.stringify(schema, null, 2)};\n`
+  );
+}
+
 const targets = {
   "messages.ts": () => bundle("messages", "Message"),
+  "welcome.ts": welcomeSchema,
   "adapter.ts": () => bundle("adapter", ""),
   "closecodes.ts": closeCodes,
   "errorcodes.ts": errorCodes,
