@@ -1048,6 +1048,11 @@ class Client:
         except TimeoutError:
             await self._abort(ws, CloseInfo(1006, "welcome_timeout", local=True))
             return None
+        if isinstance(raw, bytes):
+            # Binary, whatever it carries: UNI-TR-12 holds before welcome too.
+            self._local_close = CloseInfo(1003, "unsupported_data", local=True)
+            await ws.close(1003, "unsupported_data")
+            return None
         msg = _decode(raw)
         if msg is None or msg.get("type") != "welcome" or _invalid(msg):
             # Close, send nothing more, and retry with backoff as after a lost connection

@@ -64,6 +64,27 @@ async def check_client_closes_with_1003_on_a_binary_frame(ctx: Context) -> None:
     )
 
 
+@check("UNI-TR-12")
+async def check_client_closes_with_1003_on_a_binary_first_message(ctx: Context) -> None:
+    """A binary frame in answer to hello, though it carries a valid welcome, is closed with
+    1003 (4000 in browsers): the client sends nothing after its hello (UNI-TR-12 applies in
+    every state)."""
+    from unisock_conformance.client_suite.checks_reconnect import SHORT, expect_reconnect
+
+    ctx.harness.profile = {"backoff": SHORT}
+    conn = await ctx.connect()
+    await conn.close(1011, "internal_error")
+    low, high = backoff_range(SHORT, 10)
+    conn, _delay = await expect_reconnect(ctx, conn, low, high, "after a close with 1011")
+    await conn.send_bytes(json.dumps(conn.welcome_message()).encode())
+    assert await conn.ended(ctx.timeout), "the client kept the connection open"
+    assert conn.client_close is not None and conn.client_close[0] in BINARY_CLOSE_CODES, (
+        f"a binary welcome: the client closed with {conn.client_close} (ended by {conn.ended_by})"
+    )
+    sent = [frame.type for frame in conn.frames]
+    assert sent == ["hello"], f"a binary welcome: the client then sent {sent[1:]}"
+
+
 @check("UNI-TR-14")
 async def check_client_closes_with_1007_on_invalid_utf8(ctx: Context) -> None:
     """A text frame that is not UTF-8 makes the client close with 1007 (1002 in browsers)."""
