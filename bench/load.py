@@ -5,7 +5,10 @@ Every peer is driven through one of three wires: ``raw`` (the bare servers and N
 over a WebSocket, ``sub`` with an acknowledgement, ``pub``) and ``unisock`` (the protocol).
 
 Subscribers count frames by walking WebSocket headers only; probes, a sample of them, also
-decode the publisher's monotonic timestamp ``t`` for latency and check the channel's tenant.
+decode the publisher's timestamp ``t`` and check the channel's tenant. A probe's latency ends
+at the kernel's receive time of the data (``SO_TIMESTAMPNS``), not when the probe's process
+got round to reading it: with hundreds of subscribers per load-generator process, that
+process's own queue would otherwise be measured instead of the server.
 The driver reads progress from shared counters, and every process reports its own CPU time
 so that the driver can tell when the load generator, not the server, was the bottleneck.
 """
@@ -21,6 +24,7 @@ import os
 import random
 import re
 import socket
+import struct
 import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
@@ -34,6 +38,9 @@ T_WIDTH = 19
 _T = re.compile(rb'"t":(\d+)')
 _CHANNEL = re.compile(rb'"channel":"([^"]*)"')
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+"""Linux: each read carries the receive time of its newest data, in CLOCK_REALTIME."""
+_TIMESTAMP_SPACE = socket.CMSG_SPACE(16)
 
 Spec = tuple[str, str, list[tuple[str, Any]]]
 """One subscriber: (tenant, sub, [(channel or pattern, filter or None), ...])."""
@@ -43,8 +50,8 @@ Spec = tuple[str, str, list[tuple[str, Any]]]
 
 
 def stamp() -> int:
-    """The publisher's send time: CLOCK_MONOTONIC is shared by every process on the machine."""
-    return time.monotonic_ns()
+    """The publisher's send time, in the clock of the kernel's receive timestamps."""
+    return time.time_ns()
 
 
 def payload(t: int, pad: int, **extra: Any) -> dict[str, Any]:
@@ -149,6 +156,47 @@ class Conn(h.BenchConnection):
         self.on_payload = on_payload
         while not self.messages.empty():
             on_payload(self.messages.get_nowait().encode())
+
+    def decode_with_arrival(self, on_payload: Callable[[bytes, int], None]) -> None:
+        """Switch to decoding straight from the socket, each frame with the kernel's receive
+        time of the read that completed it (a later read's time when a frame spans two: the
+        latency is then over-, never under-stated). The transport stops reading; a duplicate
+        of its socket is read with ``recvmsg``, which is how the timestamps arrive."""
+        assert self.transport is not None
+        self.transport.pause_reading()
+        loop = asyncio.get_running_loop()
+        while not self.messages.empty():  # set-up replies: no event, no timestamp needed
+            on_payload(self.messages.get_nowait().encode(), time.time_ns())
+        sock = self.transport.get_extra_info("socket")
+        raw = socket.socket(fileno=os.dup(sock.fileno()))
+        raw.setblocking(False)
+        raw.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+
+        def readable() -> None:
+            try:
+                data, ancillary, _flags, _address = raw.recvmsg(65536, _TIMESTAMP_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data, ancillary = b"", []
+            if not data:  # the server closed it: counted as lost like any other
+                loop.remove_reader(raw.fileno())
+                raw.close()
+                self.connection_lost(None)
+                return
+            arrived = 0
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                    seconds, nanoseconds = struct.unpack("qq", value[:16])
+                    arrived = seconds * 1_000_000_000 + nanoseconds
+            arrived = arrived or time.time_ns()  # data that came before stamping was on
+            self.buffer += data
+            frames, self.buffer = h.split_frames(self.buffer)
+            for opcode, body in frames:
+                if opcode == 0x1:
+                    on_payload(body, arrived)
+
+        loop.add_reader(raw.fileno(), readable)
 
     def data_received(self, data: bytes) -> None:
         if self.on_payload is None:
@@ -261,14 +309,14 @@ class _Probe:
         self.samples: list[int] = []
         self.cross_tenant = 0
 
-    def handler(self, tenant_prefix: bytes | None) -> Callable[[bytes], None]:
+    def handler(self, tenant_prefix: bytes | None) -> Callable[[bytes, int], None]:
         samples = self.samples
 
-        def on_payload(body: bytes) -> None:
+        def on_payload(body: bytes, arrived_ns: int) -> None:
             found = _T.search(body)
             if found is None:
                 return
-            samples.append(time.monotonic_ns() - int(found.group(1)))
+            samples.append(arrived_ns - int(found.group(1)))
             if tenant_prefix is not None:
                 channel = _CHANNEL.search(body)
                 if channel is None or not channel.group(1).startswith(tenant_prefix):
@@ -448,7 +496,7 @@ async def _clients(
                 conns.append(conn)
                 if mode == "probe" and index % probe_every == 0:
                     prefix = (spec[0] + ".").encode() if wire == "unisock" else None
-                    conn.decode(probe.handler(prefix))
+                    conn.decode_with_arrival(probe.handler(prefix))
                 elif mode != "idle":
                     conn.start_counting(tally)
 
