@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 
 import pytest
+from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
 
-from server_harness import PROTOCOL_TOKEN, asynctest, running_server, token
+from server_harness import LIMIT, PROTOCOL_TOKEN, asynctest, running_server, token
 
 
 @asynctest
@@ -264,3 +267,30 @@ async def test_server_sends_one_json_object_per_text_message() -> None:
         for frame in frames:
             assert isinstance(json.loads(frame.raw), dict)
             assert frame.raw.count("\n") == 0
+
+
+@asynctest
+async def test_server_keeps_no_handshake_headers_once_a_connection_is_open() -> None:
+    """An open connection holds no handshake headers: an idle one costs less memory."""
+    async with running_server() as h:
+        reader, writer = await asyncio.open_connection(h.host, h.port)
+        request = [
+            "GET / HTTP/1.1",
+            f"Host: {h.host}:{h.port}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version: 13",
+            f"Sec-WebSocket-Protocol: {PROTOCOL_TOKEN}",
+            "X-Probe: 1",
+        ]
+        writer.write(("\r\n".join(request) + "\r\n\r\n").encode())
+        response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), LIMIT)
+        assert response.startswith(b"HTTP/1.1 101 ")
+        async with asyncio.timeout(LIMIT):
+            while not h.server.conns:  # the handler runs once the handshake is answered
+                await asyncio.sleep(0)
+        gc.collect()
+        kept = [o for o in gc.get_objects() if isinstance(o, Headers) and o.get("X-Probe")]
+        assert kept == []
+        writer.close()
