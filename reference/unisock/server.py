@@ -327,13 +327,10 @@ class UnisockServer:
         self._schedule(conn)
         budget = INBOUND_BUDGET
         try:
-            async for message in ws:
-                self.metrics.messages_in.inc()
-                if isinstance(message, str):
-                    actions = core.receive_text(message)
-                else:
-                    actions = core.receive_binary()
-                await self._apply(conn, actions)
+            while True:
+                # recv() rather than ``async for``: no async generator per connection, and
+                # no local keeps the last message or its actions while the connection idles.
+                await self._apply(conn, self._receive(core, await ws.recv()))
                 if conn.closing:
                     break
                 self._schedule(conn)
@@ -352,6 +349,12 @@ class UnisockServer:
             self._apply_sync(conn, core.internal_failure())
         finally:
             await self._cleanup(conn)
+
+    def _receive(self, core: SessionCore, message: str | bytes) -> list[Action]:
+        self.metrics.messages_in.inc()
+        if isinstance(message, str):
+            return core.receive_text(message)
+        return core.receive_binary()
 
     async def _cleanup(self, conn: _Conn) -> None:
         conn.core.connection_closed()
