@@ -113,21 +113,25 @@ class _Conn:
     """The reader awaits broker work for this connection and reads nothing meanwhile."""
 
 
-class _Connection(ServerConnection):
-    """A connection whose library-detected failures close with the registry's reason.
+class _Protocol(ServerProtocol):
+    """A protocol whose library-detected failures close with the registry's reason.
 
     websockets closes oversize (1009) and non-UTF-8 (1007) frames itself, with a descriptive
     reason; the spec wants the registry name instead (UNI-CLOSE-9), and no detail leaks.
     """
 
+    def fail(self, code: int, reason: str = "") -> None:
+        super().fail(code, close_name(int(code)) or reason)
+
+
+class _Connection(ServerConnection):
+    """A connection over :class:`_Protocol`."""
+
     def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
         super().__init__(protocol, *args, **kwargs)
-        fail = protocol.fail
-
-        def fail_with_registry_reason(code: int, reason: str = "") -> None:
-            fail(code, close_name(int(code)) or reason)
-
-        protocol.fail = fail_with_registry_reason  # type: ignore[method-assign]
+        # websockets builds the protocol itself: switching its class costs nothing per
+        # connection, where wrapping its ``fail`` kept a closure for each.
+        protocol.__class__ = _Protocol
 
 
 class _Index:
@@ -228,6 +232,8 @@ class UnisockServer:
         self.index = _Index()
         self._dirty: list[_Conn] = []
         """Connections with frames gathered in this loop turn (``_Conn.out``)."""
+        self._timer_callback = self._on_timer
+        """Bound once: every armed timer holds this one instead of a bound method of its own."""
         self.draining = False
         self._idle = asyncio.Event()
         self._server: Server | None = None
@@ -676,7 +682,7 @@ class UnisockServer:
             return
         loop = asyncio.get_running_loop()
         delay = max(0.0, (deadline - self.clock()) / 1000)
-        conn.timer = loop.call_later(delay, self._on_timer, conn)
+        conn.timer = loop.call_later(delay, self._timer_callback, conn)
 
     def _on_timer(self, conn: _Conn) -> None:
         conn.timer = None
