@@ -4,15 +4,18 @@ Scenario 4's connections (a hello with a token, then ``bench.room`` and ``alerts
 over loopback by the benchmark's own client processes, against the reference server with the
 in-memory broker running in this process. Two fresh processes measure, one after the other:
 
-- ``rss``: ``VmRSS`` growth over the ramp per connection, as scenario 4 counts it (after a
-  warm-up of 50 connections, closed again, and a settle), with nothing else switched on;
-- ``trace``: ``tracemalloc`` over the same ramp, grouped by allocating line, by file, and by
+- ``rss``: ``VmRSS`` growth over a ramp to 10,000 connections, per connection, as scenario 4
+  counts it (after a warm-up of 50 connections, closed again, and a settle), with nothing else
+  switched on;
+- ``trace``: ``tracemalloc`` over a ramp to 2,000, grouped by allocating line, by file, and by
   the innermost frame in the ``unisock`` package (the reference server's line that caused the
   allocation, whoever made it).
 
-Client sockets live in the client processes, so every figure is the server's alone.
+Client sockets live in the client processes, so every figure is the server's alone. Python's
+free lists keep some objects freed during the ramp (tuples above all) allocated, so a few
+lines show blocks that no connection holds.
 
-    python -m bench.memory_profile [--connections 2000] [--top 25] [--out FILE]
+    python -m bench.memory_profile [--connections 2000] [--rss-connections 10000] [--out FILE]
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ from typing import Any
 from bench import _harness as h
 from bench import load, suite
 
-PACKAGE = str(Path(__file__).resolve().parent.parent / "reference" / "unisock")
 SETTLE_S = 2.0
 WARMUP = 50
 
@@ -49,6 +51,8 @@ async def _ready(clients: suite.Clients, timeout: float = 600) -> None:
     while not all(clients.shared.ready):
         if time.monotonic() > deadline:
             raise TimeoutError("timed out waiting for the connections")
+        if not all(process.is_alive() for process in clients.processes):
+            raise RuntimeError("a client process ended before setting up its connections")
         await asyncio.sleep(0.02)
     if any(flag < 0 for flag in clients.shared.ready):
         raise RuntimeError("a client process failed to set up its connections")
@@ -110,12 +114,15 @@ def _statistics(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> di
     # The innermost frame in the package: the server's own line behind each allocation.
     # Nearly nothing was traced before the ramp (tracing starts just before it), so the
     # traces of the second snapshot are the ramp's.
+    import unisock
+
+    package = str(Path(unisock.__file__).parent)
     by_caller: Counter[str] = Counter()
     blocks: Counter[str] = Counter()
     for item in after.traces:
         caller = "(no unisock frame: the event loop or websockets)"
         for frame in reversed(item.traceback):
-            if frame.filename.startswith(PACKAGE):
+            if frame.filename.startswith(package):
                 caller = f"{_short(frame.filename)}:{frame.lineno}"
                 break
         by_caller[caller] += item.size
@@ -166,19 +173,20 @@ def _phase(name: str, n: int, depth: int) -> dict[str, Any]:
     return result
 
 
-def report(n: int, top: int, depth: int) -> str:
+def report(n: int, rss_n: int, top: int, depth: int) -> str:
     load_before = h.load_average()
-    rss = _phase("rss", n, depth)
+    rss = _phase("rss", rss_n, depth)
     trace = _phase("trace", n, depth)
     lines = [
-        f"Reference server, in-memory broker, {n:,} idle connections with 2 subscriptions each"
+        "Reference server, in-memory broker, idle connections with 2 subscriptions each"
         f" (scenario 4's); {h.now_iso()}",
         f"python {platform.python_version()}, websockets"
         f" {importlib.metadata.version('websockets')}; one-minute load average {load_before}",
         "",
-        f"VmRSS growth per connection (tracemalloc off): {rss['kib_per_connection']:.2f} KiB",
-        f"Python allocations alive per connection (tracemalloc): "
-        f"{trace['traced_bytes'] / n / 1024:.2f} KiB",
+        f"VmRSS growth per connection over {rss_n:,} connections (tracemalloc off):"
+        f" {rss['kib_per_connection']:.2f} KiB",
+        f"Python allocations alive per connection over {n:,} connections (tracemalloc):"
+        f" {trace['traced_bytes'] / n / 1024:.2f} KiB",
     ]
     lines += _table(f"Top {top} allocating lines", trace["by_line"], n, top)
     lines += _table("By file", trace["by_file"], n, top)
@@ -193,7 +201,10 @@ def report(n: int, top: int, depth: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.memory_profile", description=__doc__)
-    parser.add_argument("--connections", type=int, default=2000)
+    parser.add_argument("--connections", type=int, default=2000, help="traced connections")
+    parser.add_argument(
+        "--rss-connections", type=int, default=10_000, help="connections for the VmRSS growth"
+    )
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--depth", type=int, default=32, help="frames kept per allocation")
     parser.add_argument("--out", type=Path, help="also write the report to this file")
@@ -204,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(_measure(args.connections, args.phase == "trace", args.depth))
         print(json.dumps(result))
         return 0
-    text = report(args.connections, args.top, args.depth)
+    text = report(args.connections, args.rss_connections, args.top, args.depth)
     print(text, end="")
     if args.out is not None:
         args.out.write_text(text, encoding="utf-8")
