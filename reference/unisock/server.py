@@ -125,13 +125,19 @@ class _Protocol(ServerProtocol):
 
 
 class _Connection(ServerConnection):
-    """A connection over :class:`_Protocol`."""
+    """A connection over :class:`_Protocol`, sharing its attribute names with every other."""
 
     def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
         super().__init__(protocol, *args, **kwargs)
         # websockets builds the protocol itself: switching its class costs nothing per
         # connection, where wrapping its ``fail`` kept a closure for each.
         protocol.__class__ = _Protocol
+        # Set by websockets only in connection_made, which runs after every connection of
+        # a burst was created. CPython 3.11 stops adding names to a class's shared key table
+        # as instances pile up, so names first seen then give each connection a dictionary
+        # of its own (1.5 KiB) for the life of the process. Named now, they are shared.
+        self.recv_messages = None  # type: ignore[assignment]
+        self.transport = None  # type: ignore[assignment]
 
 
 class _Index:
