@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
+import multiprocessing
 
 import pytest
+from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
 
-from server_harness import PROTOCOL_TOKEN, asynctest, running_server, token
+from server_harness import LIMIT, PROTOCOL_TOKEN, asynctest, running_server, token
+from unisock.server import UnisockServer
 
 
 @asynctest
@@ -264,3 +269,66 @@ async def test_server_sends_one_json_object_per_text_message() -> None:
         for frame in frames:
             assert isinstance(json.loads(frame.raw), dict)
             assert frame.raw.count("\n") == 0
+
+
+def _upgrade(host: str, port: int) -> bytes:
+    """A raw handshake request with a header no client library adds (``X-Probe``)."""
+    request = [
+        "GET / HTTP/1.1",
+        f"Host: {host}:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+        f"Sec-WebSocket-Protocol: {PROTOCOL_TOKEN}",
+        "X-Probe: 1",
+    ]
+    return ("\r\n".join(request) + "\r\n\r\n").encode()
+
+
+async def _until_open(server: UnisockServer, count: int) -> None:
+    """The handler runs, and lists the connection, once the handshake is answered."""
+    async with asyncio.timeout(LIMIT):
+        while len(server.conns) < count:
+            await asyncio.sleep(0)
+
+
+@asynctest
+async def test_server_keeps_no_handshake_headers_once_a_connection_is_open() -> None:
+    """An open connection holds no handshake headers: an idle one costs less memory."""
+    async with running_server() as h:
+        reader, writer = await asyncio.open_connection(h.host, h.port)
+        writer.write(_upgrade(h.host, h.port))
+        response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), LIMIT)
+        assert response.startswith(b"HTTP/1.1 101 ")
+        await _until_open(h.server, 1)
+        gc.collect()
+        kept = [o for o in gc.get_objects() if isinstance(o, Headers) and o.get("X-Probe")]
+        assert kept == []
+        writer.close()
+
+
+def test_server_connections_accepted_in_one_burst_hold_no_dictionary_each() -> None:
+    """Connections accepted together, as after a restart, share their attribute names like
+    any others. The first burst of a process decides it, so a fresh process runs it."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        assert pool.apply(_own_dictionaries_after_a_burst, (20,)) == 0
+
+
+def _own_dictionaries_after_a_burst(count: int) -> int:
+    async def burst() -> int:
+        async with running_server() as h:
+            opened = [asyncio.open_connection(h.host, h.port) for _ in range(count)]
+            streams = await asyncio.gather(*opened)  # accepted in one turn of the loop
+            for _, writer in streams:
+                writer.write(_upgrade(h.host, h.port))
+            await _until_open(h.server, count)
+            own = sum(
+                any(isinstance(r, dict) and "transport" in r for r in gc.get_referents(c.ws))
+                for c in h.server.conns.values()
+            )
+            for _, writer in streams:
+                writer.close()
+            return own
+
+    return asyncio.run(burst())

@@ -8,6 +8,7 @@ never contain the token (UNI-SEC).
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -238,7 +239,7 @@ class TokenVerifier:
         if config.audience is not None and not _audience_ok(claims.get("aud"), config.audience):
             raise AuthFailed("token audience not accepted")
         return Identity(
-            tenant=claims["tenant"],
+            tenant=sys.intern(claims["tenant"]),  # one string per tenant, not per connection
             sub=claims["sub"],
             sid=claims.get("sid"),
             role=claims.get("role", _USER),

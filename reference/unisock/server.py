@@ -23,7 +23,6 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State as WsState
@@ -114,21 +113,31 @@ class _Conn:
     """The reader awaits broker work for this connection and reads nothing meanwhile."""
 
 
-class _Connection(ServerConnection):
-    """A connection whose library-detected failures close with the registry's reason.
+class _Protocol(ServerProtocol):
+    """A protocol whose library-detected failures close with the registry's reason.
 
     websockets closes oversize (1009) and non-UTF-8 (1007) frames itself, with a descriptive
     reason; the spec wants the registry name instead (UNI-CLOSE-9), and no detail leaks.
     """
 
+    def fail(self, code: int, reason: str = "") -> None:
+        super().fail(code, close_name(int(code)) or reason)
+
+
+class _Connection(ServerConnection):
+    """A connection over :class:`_Protocol`, sharing its attribute names with every other."""
+
     def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
         super().__init__(protocol, *args, **kwargs)
-        fail = protocol.fail
-
-        def fail_with_registry_reason(code: int, reason: str = "") -> None:
-            fail(code, close_name(int(code)) or reason)
-
-        protocol.fail = fail_with_registry_reason  # type: ignore[method-assign]
+        # websockets builds the protocol itself. Switching its class costs a small dictionary
+        # per connection (its values stay shared); wrapping its ``fail`` cost three times that.
+        protocol.__class__ = _Protocol
+        # Set by websockets only in connection_made, which runs after every connection of
+        # a burst was created. CPython 3.11 stops adding names to a class's shared key table
+        # as instances pile up, so names first seen then give each connection a dictionary
+        # of its own (1.5 KiB) for the life of the process. Named now, they are shared.
+        self.recv_messages = None  # type: ignore[assignment]
+        self.transport = None  # type: ignore[assignment]
 
 
 class _Index:
@@ -229,6 +238,8 @@ class UnisockServer:
         self.index = _Index()
         self._dirty: list[_Conn] = []
         """Connections with frames gathered in this loop turn (``_Conn.out``)."""
+        self._timer_callback = self._on_timer
+        """Bound once: every armed timer holds this one instead of a bound method of its own."""
         self.draining = False
         self._idle = asyncio.Event()
         self._server: Server | None = None
@@ -317,9 +328,10 @@ class UnisockServer:
 
     async def _handler(self, ws: ServerConnection) -> None:
         # The handshake is done and nothing reads its headers again: an idle connection
-        # need not keep them (about a third of what websockets holds per connection).
+        # need not keep them (about 2 KiB). Emptied in place, as websockets' parser keeps
+        # the request itself for the life of the connection.
         if ws.request is not None:
-            ws.request = Request(ws.request.path, Headers())
+            ws.request.headers.clear()
         ws.response = None
         core = SessionCore(self.config, self.verifier, uuid.uuid4().hex, self.clock, self.registry)
         conn = _Conn(ws, core)
@@ -327,13 +339,10 @@ class UnisockServer:
         self._schedule(conn)
         budget = INBOUND_BUDGET
         try:
-            async for message in ws:
-                self.metrics.messages_in.inc()
-                if isinstance(message, str):
-                    actions = core.receive_text(message)
-                else:
-                    actions = core.receive_binary()
-                await self._apply(conn, actions)
+            while True:
+                # recv() rather than ``async for``: no async generator per connection, and
+                # no local keeps the last message or its actions while the connection idles.
+                await self._apply(conn, self._receive(core, await ws.recv()))
                 if conn.closing:
                     break
                 self._schedule(conn)
@@ -352,6 +361,12 @@ class UnisockServer:
             self._apply_sync(conn, core.internal_failure())
         finally:
             await self._cleanup(conn)
+
+    def _receive(self, core: SessionCore, message: str | bytes) -> list[Action]:
+        self.metrics.messages_in.inc()
+        if isinstance(message, str):
+            return core.receive_text(message)
+        return core.receive_binary()
 
     async def _cleanup(self, conn: _Conn) -> None:
         conn.core.connection_closed()
@@ -673,7 +688,7 @@ class UnisockServer:
             return
         loop = asyncio.get_running_loop()
         delay = max(0.0, (deadline - self.clock()) / 1000)
-        conn.timer = loop.call_later(delay, self._on_timer, conn)
+        conn.timer = loop.call_later(delay, self._timer_callback, conn)
 
     def _on_timer(self, conn: _Conn) -> None:
         conn.timer = None

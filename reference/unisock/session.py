@@ -14,7 +14,7 @@ any frames in :attr:`SessionCore.pending_gaps` (UNI-DEL-19).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from unisock.auth import Identity, TokenVerifier
 from unisock.broker import (
@@ -310,7 +310,8 @@ class _Subscription:
     answered: bool = False
     revoked: bool = False
     unsubscribe_id: str | None = None
-    held: list[StoredEvent] = field(default_factory=list)
+    held: list[StoredEvent] | None = None
+    """Live events that arrived during set-up; created when the first one does."""
     overflow: bool = False
 
     @property
@@ -375,7 +376,8 @@ class SessionCore:
         self._drain_deadline_ms: int | None = None
         self._drain_window_ms = config.drain_window_ms
         self._warned = False
-        self._bucket = TokenBucket(config.publish_rate_per_second, config.publish_rate_burst)
+        self._bucket: TokenBucket | None = None
+        """The publish rate limit, made at the first publish (a bucket starts full)."""
         self._subs: dict[str, _Subscription] = {}
         self._last: dict[_Scope, tuple[str, int]] = {}
         self.pending_gaps: list[str] = []
@@ -508,7 +510,7 @@ class SessionCore:
             self._move(Input.REQUEST)
             if exc.message_type == "publish":
                 # UNI-PUB-24: the rate limit is the first step, whatever fails later.
-                retry = self._bucket.try_take(now)
+                retry = self._take_publish_token(now)
                 if retry is not None:
                     limited = RateLimited("publish rate exceeded", retry_after_ms=retry)
                     return [_reply_error(limited, exc.request_id)]
@@ -743,7 +745,7 @@ class SessionCore:
         rid = message.id
         identity = self._identity()
         config = self.config
-        retry = self._bucket.try_take(now)
+        retry = self._take_publish_token(now)
         if retry is not None:
             raise RateLimited("publish rate exceeded", retry_after_ms=retry, request_id=rid)
         channel = parse_channel(message.channel)  # checked by the parser (invalid_channel)
@@ -789,6 +791,16 @@ class SessionCore:
             publisher_tenant=identity.tenant,
         )
         return [StartPublish(rid, record)]
+
+    def _take_publish_token(self, now: int) -> int | None:
+        """UNI-PUB-24: ``None`` when a publish may go on, else the ms until it may."""
+        bucket = self._bucket
+        if bucket is None:
+            config = self.config
+            bucket = self._bucket = TokenBucket(
+                config.publish_rate_per_second, config.publish_rate_burst
+            )
+        return bucket.try_take(now)
 
     def _coalesces(self, channel: Channel) -> bool:
         return any(matches(pattern, channel) for pattern in self._coalescing)
@@ -913,7 +925,7 @@ class SessionCore:
         if sub.overflow:
             return self.slow_consumer()
         sub.active = True
-        held, sub.held = sub.held, []
+        held, sub.held = sub.held or (), None
         self._refresh_views()
         now = self._clock()
         view = self._single_view(sub)
@@ -986,6 +998,8 @@ class SessionCore:
             if sub.active or sub.revoked:
                 continue
             if event_view(event).delivers_to(self._single_view(sub), now_ms):
+                if sub.held is None:
+                    sub.held = []
                 if len(sub.held) >= self.config.max_queue:
                     sub.overflow = True  # UNI-LIM: the setup backlog counts like a queue
                 else:

@@ -334,7 +334,8 @@ def rate_limit_ignored() -> None:
 
 def _refund(core: SessionCore) -> None:
     bucket = core._bucket
-    bucket._tokens = min(float(bucket.burst), bucket._tokens + 1.0)
+    if bucket is not None:  # made at the first publish: until then there is nothing to refund
+        bucket._tokens = min(float(bucket.burst), bucket._tokens + 1.0)
 
 
 def refused_publish_free() -> None:
@@ -408,7 +409,7 @@ def every_request_charged() -> None:
     def make(original: Any) -> Any:
         def dispatch(self: SessionCore, message: Any, now: int) -> list[Any]:
             if not isinstance(message, messages.Publish):
-                self._bucket.try_take(now)
+                self._take_publish_token(now)
             return list(original(self, message, now))
 
         return dispatch
