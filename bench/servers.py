@@ -96,10 +96,11 @@ async def _pysio() -> int:
 
 
 async def _unisock(config: dict[str, Any]) -> int:
-    from unisock.server import UnisockServer
+    from unisock.server import UnisockServer, freeze_startup_objects
 
     server = UnisockServer(h.bench_settings(**config))
     _, port = await server.start("127.0.0.1", 0)
+    freeze_startup_objects()  # as ``unisock serve`` does
     _servers.append(server)
     return port
 
