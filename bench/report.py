@@ -164,6 +164,20 @@ def ratios(data: dict[str, Any], figs: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _rests_on_invalid_runs(figs: dict[str, Any], key: str) -> bool:
+    """Whether a ratio ``"SCENARIO unisock/PEER"`` has a side with no valid run (its median is
+    then taken over every run, a saturated load generator's included)."""
+    scenario, _, pair = key.partition(" ")
+    if "/" not in pair or scenario not in figs:
+        return False
+    for peer in pair.split("/"):
+        cells = figs[scenario].get(peer, {})
+        first = next((c for name, c in cells.items() if name != "runs"), None)
+        if first is not None and first.get("valid_runs") == 0:
+            return True
+    return False
+
+
 def targets(figs: dict[str, Any], rat: dict[str, float]) -> list[tuple[str, str, Any, bool | None]]:
     """(target, bound, measured, met) for every target of the issue this run can judge."""
     s1 = "s1-1000" if "s1-1000" in figs else next((k for k in figs if k.startswith("s1-")), None)
@@ -171,6 +185,8 @@ def targets(figs: dict[str, Any], rat: dict[str, float]) -> list[tuple[str, str,
 
     def ratio_row(label: str, key: str, bound: float) -> None:
         value = rat.get(key)
+        if _rests_on_invalid_runs(figs, key):
+            label += " (from invalid runs only: see the valid-runs column)"
         rows.append((label, f"<= {bound}x", value, None if value is None else value <= bound))
 
     if s1:
