@@ -799,7 +799,7 @@ def coverage_page(report_path: Path) -> str:
         if not tests and entry["level"] == "MUST":
             untested_must += 1
         outcomes = sorted({str(t["outcome"]) for t in tests}) or ["no test"]
-        names = "<br>".join(f"`{_cell(t['test'])}`" for t in tests) or "—"
+        names = "<br> ".join(f"`{_cell(t['test'])}`" for t in tests) or "—"
         rows.append(
             f"| [`{entry['id']}`](../spec/{entry['section']}.md) | {entry['level']} | {names} | "
             f"{', '.join(outcomes)} |"
@@ -842,7 +842,7 @@ def _graded_coverage(
             str(t) if not isinstance(t, Mapping) else str(t.get("nodeid") or t.get("name"))
             for t in found.get("tests", [])
         ]
-        names = "<br>".join(f"`{_cell(name)}`" for name in tests[:6]) or "—"
+        names = "<br> ".join(f"`{_cell(name)}`" for name in tests[:6]) or "—"
         if len(tests) > 6:
             names += f"<br>and {len(tests) - 6} more"
         rows.append(
