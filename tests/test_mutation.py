@@ -8,6 +8,7 @@ runner reports (killed, survived, timeout, not reached, equivalent) is produced 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -201,3 +202,33 @@ def test_readme_shows_the_one_command() -> None:
     readme = (ROOT / "tests" / "mutation" / "README.md").read_text("utf-8")
     assert "python -m tests.mutation client --jobs 2 --sample 80 --seed 1" in readme
     assert textwrap.dedent(readme).count("## ") >= 3
+
+
+def test_server_launcher_refuses_an_unknown_deployment() -> None:
+    from tests.mutation.server_suite import main as launch
+
+    with pytest.raises(SystemExit) as refused:
+        launch(["--deployments", "memory,postgres", "-k", "test_smoke"])
+    assert refused.value.code == 2
+
+
+@pytest.mark.slow
+def test_server_launcher_gives_the_redis_deployment_every_operator_hook(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outage and cluster checks only run with their hooks: in the ``redis`` deployment
+    they must pass, not be skipped, or the mutants only they reach would survive unseen."""
+    pytest.importorskip("redis")
+    from tests.mutation.server_suite import main as launch
+
+    from redis_support import require_redis_server
+
+    require_redis_server()
+    # the launcher sets the time scale for its suite when none is set: keep it to this test
+    monkeypatch.setenv("UNISOCK_TIME_SCALE", os.environ.get("UNISOCK_TIME_SCALE", "1"))
+    status = launch(["--deployments", "redis", "-k", "test_outage", "-k", "test_cluster"])
+    shown = capsys.readouterr().out
+    assert status == 0, shown[-3000:]
+    rows = {line.split()[0]: line.split()[1:] for line in shown.splitlines() if line.strip()}
+    assert rows["outage"][:2] != ["0", "pass"] and "pass" in rows["outage"], shown[-3000:]
+    assert "cluster" in rows and "pass" in rows["cluster"], shown[-3000:]

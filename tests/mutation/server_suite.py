@@ -1,11 +1,20 @@
-"""``python -m tests.mutation.server_suite [--time-scale X] [-k UNIT]...``: the quick server
-suite against a reference server started from whatever ``unisock`` is first on the path.
+"""``python -m tests.mutation.server_suite [--time-scale X] [--deployments D,...] [-k UNIT]...``:
+the quick server suite against reference servers started from whatever ``unisock`` is first
+on the path.
 
 The mutation runner puts a mutated copy of the package first on ``PYTHONPATH``; this
-launcher starts ``unisock serve`` from it with the conformance configuration
-(``conformance/reference-server.toml``), its drain and reset commands and the coalescing
-channel, exactly as the project's own conformance run does, then runs the quick profile
-with a fixed seed and exits with the suite's status (0: every MUST that ran passed).
+launcher starts ``unisock serve`` from it and runs the quick profile with a fixed seed
+against each deployment in turn, stopping at the first that fails; the exit status is that
+run's (0: every MUST that ran passed in every deployment). The deployments:
+
+- ``memory``: one server on the in-memory broker with the conformance configuration
+  (``conformance/reference-server.toml``), its drain and reset commands and the coalescing
+  channel, exactly as the project's own conformance run does;
+- ``redis``: two nodes on a private ``redis-server`` with every operator hook (drain of the
+  first node, FLUSHALL as reset, SIGSTOP/SIGCONT of Redis as outage and recovery, the second
+  node's URL), as ``tests/test_redis_conformance.py`` runs them. Only a broker that can fail,
+  yield or lose events reaches the server's paths for those, and only several nodes reach
+  the cross-node rules.
 A campaign runs niced beside other work, so the server's heartbeat is slower than in that
 configuration (``HEARTBEAT``): a starved test client must not be cut as a dead peer, which
 would kill a mutant for nothing. The suite reads the timers from ``welcome`` either way.
@@ -21,6 +30,7 @@ import argparse
 import json
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,13 +38,14 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["UNITS", "keyword", "main"]
+__all__ = ["DEPLOYMENTS", "UNITS", "keyword", "main"]
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "conformance" / "reference-server.toml"
 CHECKS = ROOT / "conformance" / "unisock_conformance" / "checks"
 SECRET = "mutation-campaign-secret-0123456789abcdef"
 SEED = "1"
+DEPLOYMENTS = ("memory", "redis")
 STARTUP_S = 30.0
 STOP_S = 20.0
 HEARTBEAT = {"heartbeat_interval_ms": 1000, "heartbeat_timeout_ms": 2000}
@@ -66,7 +77,9 @@ def _ready_url(proc: subprocess.Popen[str], timeout: float) -> str:
     return line.rsplit(" on ", 1)[1].strip() if " on ws://" in line else ""
 
 
-def _suite(url: str, pid: int, scale: float, units: Sequence[str] | None, first: bool) -> int:
+def _suite(
+    url: str, hooks: Sequence[str], scale: float, units: Sequence[str] | None, first: bool
+) -> int:
     """One in-process run of the server suite; exit status (with ``first``: stop early)."""
     import pytest
 
@@ -75,8 +88,7 @@ def _suite(url: str, pid: int, scale: float, units: Sequence[str] | None, first:
     with tempfile.TemporaryDirectory(prefix="unisock-mutation-report-") as reports:
         argv = ["server", url, "--secret", SECRET, "--profile", "quick"]
         argv += ["--seed", SEED, "--time-scale", str(scale), "--report-dir", reports]
-        argv += ["--drain-command", f"kill -TERM {pid}", "--reset-command", f"kill -HUP {pid}"]
-        argv += ["--coalescing-channel", "coal.test"]
+        argv += [*hooks, "--coalescing-channel", "coal.test"]
         if units is not None:
             argv += ["-k", keyword(units) if units else "<no unit>"]
         args = build_parser().parse_args(argv)
@@ -100,9 +112,43 @@ def _config(folder: Path) -> Path:
     return path
 
 
-def _run(scale: float, units: Sequence[str] | None, first: bool) -> int:
+def _run(deployment: str, scale: float, units: Sequence[str] | None, first: bool) -> int:
     with tempfile.TemporaryDirectory(prefix="unisock-mutation-server-") as folder:
-        return _serve_and_judge(_config(Path(folder)), scale, units, first)
+        config = _config(Path(folder))
+        if deployment == "redis":
+            return _nodes_and_judge(config, Path(folder), scale, units, first)
+        return _serve_and_judge(config, scale, units, first)
+
+
+def _nodes_and_judge(
+    config: Path, folder: Path, scale: float, units: Sequence[str] | None, first: bool
+) -> int:
+    """Two nodes on a private Redis, with every operator hook the suite takes."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from redis_support import NodeProcess, private_redis
+
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        print("no redis-cli on PATH", file=sys.stderr)
+        return 3
+    with private_redis() as redis_server:
+        args = ["--config", str(config), "--broker", redis_server.url, "--log-level", "CRITICAL"]
+        nodes: list[NodeProcess] = []
+        try:
+            for number in (1, 2):
+                nodes.append(NodeProcess(*args, secret=SECRET, log=folder / f"node{number}.log"))
+            hooks = ["--node-url", nodes[1].url, "--drain-command", f"kill -TERM {nodes[0].pid}"]
+            hooks += ["--reset-command", f"{cli} -p {redis_server.port} FLUSHALL"]
+            hooks += ["--outage-command", f"kill -STOP {redis_server.pid}"]
+            hooks += ["--recover-command", f"kill -CONT {redis_server.pid}"]
+            return _suite(nodes[0].url, hooks, scale, units, first)
+        except RuntimeError as failure:  # a node that did not start
+            print(failure, file=sys.stderr)
+            return 3
+        finally:
+            redis_server.resume()
+            for node in nodes:
+                node.stop()  # SIGINT: a clean exit writes the node's coverage data
 
 
 def _serve_and_judge(config: Path, scale: float, units: Sequence[str] | None, first: bool) -> int:
@@ -117,7 +163,9 @@ def _serve_and_judge(config: Path, scale: float, units: Sequence[str] | None, fi
         if not url:
             print("the server did not start", file=sys.stderr)
             return 3
-        return _suite(url, proc.pid, scale, units, first)
+        hooks = ["--drain-command", f"kill -TERM {proc.pid}"]
+        hooks += ["--reset-command", f"kill -HUP {proc.pid}"]
+        return _suite(url, hooks, scale, units, first)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)  # a clean exit writes the server's coverage data
@@ -133,13 +181,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--time-scale", type=float, default=2.0)
     parser.add_argument("-k", dest="units", action="append", choices=UNITS)
     parser.add_argument("--all", action="store_true", help="run the whole suite")
+    parser.add_argument(
+        "--deployments",
+        default=",".join(DEPLOYMENTS),
+        help=f"comma-separated, judged in this order (default {','.join(DEPLOYMENTS)})",
+    )
     args = parser.parse_args(argv)
     units = None if args.all else (args.units or [])
+    deployments = [name for name in args.deployments.split(",") if name]
+    unknown = sorted(set(deployments) - set(DEPLOYMENTS))
+    if unknown or not deployments:
+        parser.error(f"deployments are among {', '.join(DEPLOYMENTS)}, got {unknown or 'none'}")
     os.environ.setdefault("UNISOCK_TIME_SCALE", str(args.time_scale))
-    status = _run(args.time_scale, units, first=True)
-    if status == -1:
-        status = _run(args.time_scale, units, first=False)
-    return status
+    for deployment in deployments:
+        status = _run(deployment, args.time_scale, units, first=True)
+        if status == -1:
+            status = _run(deployment, args.time_scale, units, first=False)
+        if status != 0:
+            print(f"failed against the {deployment} deployment", file=sys.stderr)
+            return status
+    return 0
 
 
 if __name__ == "__main__":

@@ -111,8 +111,9 @@ def _server_units(scale: float) -> list[str]:
 
 
 def server_target(modules: tuple[str, ...] = SERVER_MODULES) -> Target:
-    """The reference server (in-memory broker), judged by the quick server suite; a unit is
-    one check module, run against a server started from the mutated package."""
+    """The reference server, judged by the quick server suite in its two deployments (in-memory
+    broker, then two nodes on Redis); a unit is one check module, run against servers started
+    from the mutated package."""
     return Target(
         name="server",
         package="reference/unisock",
