@@ -587,6 +587,30 @@ class BlockingPublisher:
             self.sock.close()
 
 
+class _Answers:
+    """The server's answers to a publisher: acks counted per (channel, prio), refusals by code."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, str] = {}
+        self.acked: dict[str, int] = {}
+        self.refused: dict[str, int] = {}
+
+    def wait(self, request_id: str, key: str) -> None:
+        self.pending[request_id] = key
+
+    def read(self, conn: Conn) -> None:
+        while not conn.messages.empty():
+            message = json.loads(conn.messages.get_nowait())
+            key = self.pending.pop(message.get("id"), None)
+            if key is None:
+                continue
+            if message.get("type") == "ack":
+                self.acked[key] = self.acked.get(key, 0) + 1
+            else:
+                code = str(message.get("code"))
+                self.refused[code] = self.refused.get(code, 0) + 1
+
+
 def publisher_main(
     port: int,
     wire: str,
@@ -599,7 +623,10 @@ def publisher_main(
 
     ``plan``: ``channels`` [(tenant, channel)], ``size`` of the delivered frame, optional
     ``count`` (stop after that many), ``typed`` (S2's typed event with a ``prio`` attribute).
-    Reports what it published per (channel, prio), so the driver knows what must arrive.
+    Reports what was published per (channel, prio), so the driver knows what must arrive: on
+    the Unisock wire only what the server acknowledged, since a publish it refused (say
+    ``unavailable`` while Redis is busy) is the publisher's to retry, never the subscribers'
+    to miss; the refusals are reported by error code.
     """
     h.pin(cores)
     h.raise_fd_limit()
@@ -628,6 +655,7 @@ async def _publish(
     typed = bool(plan.get("typed"))
     rng = random.Random(7)
     published: dict[str, int] = {}
+    answers = _Answers()
     rate = float(plan["rate"])
     count = plan.get("count")
     sent = 0
@@ -655,15 +683,33 @@ async def _publish(
             data = payload(stamp(), pads[channel], **extra)
             conn = conns[tenant]
             conn.send_text(publish_text(wire, channel, data, sent + 1, event_type, attrs))
-            published[key] = published.get(key, 0) + 1
+            if wire == "unisock":
+                answers.wait(f"p{sent + 1}", key)
+            else:
+                published[key] = published.get(key, 0) + 1
             sent += 1
         stop[1] = sent
-        for conn in conns.values():  # acks: read and dropped
-            while not conn.messages.empty():
-                conn.messages.get_nowait()
+        for conn in conns.values():
+            answers.read(conn)
         await asyncio.sleep(0.002)
     stop[1] = sent
+    elapsed = time.monotonic() - start
     await asyncio.sleep(0.2)
-    results.send({"published": published, "sent": sent, "elapsed_s": time.monotonic() - start})
+    deadline = time.monotonic() + 10
+    while answers.pending and time.monotonic() < deadline and not _orphaned(parent):
+        for conn in conns.values():
+            answers.read(conn)
+        await asyncio.sleep(0.01)
+    if wire == "unisock":
+        published = answers.acked
+    results.send(
+        {
+            "published": published,
+            "sent": sent,
+            "refused": answers.refused,
+            "unanswered": len(answers.pending),
+            "elapsed_s": elapsed,
+        }
+    )
     while not stop[0] and not _orphaned(parent):
         await asyncio.sleep(0.02)

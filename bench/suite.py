@@ -592,8 +592,8 @@ def _paced(
         report = publisher.finish()
         if typed:
             expected = expected_deliveries(specs, report["published"])
-        else:
-            expected = report["sent"] * len(specs)
+        else:  # every subscriber gets every event the server took
+            expected = sum(report["published"].values()) * len(specs)
         with contextlib.suppress(TimeoutError):  # a shortfall is reported, not raised
             h.wait_until(lambda: clients.received() >= expected, 15, "every delivery", 0.01)
         time.sleep(0.2)
@@ -614,6 +614,7 @@ def _paced(
         "deliveries": got,
         "expected_deliveries": expected,
         "delivered_total": total,
+        "refused_publishes": report.get("refused", {}),
         "cross_tenant": sum(r.get("cross_tenant", 0) for r in reports),
         "connections_lost": sum(r.get("lost", 0) for r in reports),
         "server_cpu_s": round(cpu, 3),
@@ -717,7 +718,10 @@ def storm(peer: Peer, env: Env, size: dict[str, Any]) -> dict[str, Any]:
     first_back = next((t for t, up in curve if t > 0.05 and up > 0), None)
     return {
         "subscribers": n,
-        "published": report["sent"],
+        "published": sum(report["published"].values()),
+        "sent": report["sent"],
+        "refused_publishes": report.get("refused", {}),
+        "unanswered_publishes": report.get("unanswered", 0),
         "expected_deliveries": expected,
         "unique_deliveries": received,
         "delivered_fraction": round(received / expected, 6) if expected else None,

@@ -81,6 +81,9 @@ def test_suite_runs_every_scenario_and_writes_results_summary_and_plots(tmp_path
     assert s4["connections"] == 6
     (s5,) = data["scenarios"]["s5"]["peers"]["unisock"]
     assert s5["delivered_fraction"] == 1.0 and s5["duplicates_after_dedup"] == 0
+    # what must arrive is what the server acknowledged; every publish was answered
+    assert s5["published"] == s5["sent"] - sum(s5["refused_publishes"].values())
+    assert s5["unanswered_publishes"] == 0
     assert s5["curve"] and s5["back_100_s"] is not None
     assert data["figures"]["s1-4"]["unisock"]["cpu_s_per_million"]["valid_runs"] == 1
     summary = (tmp_path / "summary.md").read_text()
