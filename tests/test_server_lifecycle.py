@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -158,3 +159,16 @@ async def test_server_discards_subscriptions_when_a_connection_closes() -> None:
         await second.error({"type": "unsubscribe", "channel": "tasks.>"}, "not_subscribed")
         await second.publish("tasks.1", "nobody listens")
         assert await second.fence() == []
+
+
+@asynctest
+async def test_closing_the_server_closes_each_connection_with_going_away() -> None:
+    """The library's shutdown (``UnisockServer.close``, after a drain or on SIGINT) ends
+    every open connection with 1001 ``going_away`` (backoff class) and then returns; it does
+    not wait for clients to leave on their own."""
+    async with running_server() as h:
+        clients = [await h.connect(), await h.open()]
+        await asyncio.wait_for(h.server.close(), LIMIT)
+        for client in clients:
+            closed = await client.expect_close()
+            assert (closed.code, closed.reason) == (1001, "going_away")

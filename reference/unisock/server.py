@@ -33,7 +33,7 @@ from unisock._version import PROTOCOL_TOKEN
 from unisock.auth import TokenVerifier
 from unisock.broker import Broker, BrokerUnavailable, ChannelKey, PublishResult, StoredEvent
 from unisock.brokers import build_broker
-from unisock.closecodes import close_name
+from unisock.closecodes import CloseCode, close_name
 from unisock.config import EventTypeRegistry, ServerConfig
 from unisock.errors import InternalError, ReplyError, ServiceRestart, Unavailable
 from unisock.memory_broker import MemoryBroker
@@ -276,10 +276,25 @@ class UnisockServer:
         return str(bound[0]), int(bound[1])
 
     async def close(self) -> None:
-        """Stop listening and close every connection (1001) and the broker."""
+        """Stop listening, close every connection with 1001 ``going_away``, then the broker.
+
+        The closes are sent here rather than left to the library, whose shutdown close
+        carries no reason (UNI-CLOSE-9 binds every close the server sends)."""
         await self.sweeper.stop()
         if self._server is not None:
-            self._server.close(close_connections=True)
+            self._server.server.close()  # no new connection while the open ones close
+            code, reason = CloseCode.GOING_AWAY, "going_away"
+            for conn in list(self.conns.values()):
+                self._close(conn, code, reason)
+            known = {conn.ws for conn in self.conns.values()}
+            closing = [conn.closer for conn in self.conns.values() if conn.closer is not None]
+            closing += [  # connections that have not said hello yet
+                asyncio.create_task(ws.close(code, reason))
+                for ws in self._server.connections
+                if ws not in known
+            ]
+            await asyncio.gather(*closing, return_exceptions=True)
+            self._server.close(close_connections=True)  # any still opening, and the handlers
             await self._server.wait_closed()
         await self.broker.close()
 
