@@ -10,11 +10,13 @@ run's (0: every MUST that ran passed in every deployment). The deployments:
 - ``memory``: one server on the in-memory broker with the conformance configuration
   (``conformance/reference-server.toml``), its drain and reset commands and the coalescing
   channel, exactly as the project's own conformance run does;
-- ``redis``: two nodes on a private ``redis-server`` with every operator hook (drain of the
-  first node, FLUSHALL as reset, SIGSTOP/SIGCONT of Redis as outage and recovery, the second
-  node's URL), as ``tests/test_redis_conformance.py`` runs them. Only a broker that can fail,
-  yield or lose events reaches the server's paths for those, and only several nodes reach
-  the cross-node rules.
+- ``redis``: two nodes on a private ``redis-server`` with every operator hook: drain of the
+  first node, its SIGHUP as reset (the operator's reset of a Redis deployment;
+  ``tests/test_redis_conformance.py`` resets with FLUSHALL, the loss of Redis's data),
+  SIGSTOP/SIGCONT of Redis as outage and recovery, and the second node's URL. Only a broker
+  that can fail, yield or lose events reaches the server's paths for those, and only
+  several nodes reach the cross-node rules.
+
 A campaign runs niced beside other work, so the server's heartbeat is slower than in that
 configuration (``HEARTBEAT``): a starved test client must not be cut as a dead peer, which
 would kill a mutant for nothing. The suite reads the timers from ``welcome`` either way.
@@ -30,7 +32,6 @@ import argparse
 import json
 import os
 import selectors
-import shutil
 import signal
 import subprocess
 import sys
@@ -127,10 +128,6 @@ def _nodes_and_judge(
     sys.path.insert(0, str(ROOT / "tests"))
     from redis_support import NodeProcess, private_redis
 
-    cli = shutil.which("redis-cli")
-    if cli is None:
-        print("no redis-cli on PATH", file=sys.stderr)
-        return 3
     with private_redis() as redis_server:
         args = ["--config", str(config), "--broker", redis_server.url, "--log-level", "CRITICAL"]
         nodes: list[NodeProcess] = []
@@ -138,7 +135,7 @@ def _nodes_and_judge(
             for number in (1, 2):
                 nodes.append(NodeProcess(*args, secret=SECRET, log=folder / f"node{number}.log"))
             hooks = ["--node-url", nodes[1].url, "--drain-command", f"kill -TERM {nodes[0].pid}"]
-            hooks += ["--reset-command", f"{cli} -p {redis_server.port} FLUSHALL"]
+            hooks += ["--reset-command", f"kill -HUP {nodes[0].pid}"]
             hooks += ["--outage-command", f"kill -STOP {redis_server.pid}"]
             hooks += ["--recover-command", f"kill -CONT {redis_server.pid}"]
             return _suite(nodes[0].url, hooks, scale, units, first)
