@@ -10,22 +10,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from websockets.asyncio.client import connect
 
 from redis_support import NodeProcess, delete_prefix, fresh_prefix, private_redis, require_redis
 from server_harness import (
     LIMIT,
     SECRET,
+    RawClient,
     ServerHarness,
     asynctest,
     http_get,
     running_server,
     token,
 )
+from unisock._version import PROTOCOL_TOKEN
 from unisock.config import ServerConfig
 from unisock.redis_broker import RedisBroker
 
@@ -255,5 +259,38 @@ def test_serve_with_a_config_file_naming_redis_runs_a_node_on_redis(
         assert (status, json.loads(body)) == (200, {"status": "ok", "broker": "ok"})
         with redis.Redis.from_url(url) as client:
             assert len(list(client.scan_iter(match=f"{prefix}node:*"))) == 1
+    finally:
+        node.stop()
+
+
+def test_sighup_on_a_redis_node_starts_every_channel_over_in_a_new_epoch(
+    shared: tuple[str, str], tmp_path: Path
+) -> None:
+    """The operator's reset of a Redis deployment (UNI-DEL-8): ``SIGHUP`` to a node discards
+    the retained history and offsets under a new epoch, as on a single in-memory node."""
+    url, prefix = shared
+    node = NodeProcess(
+        "--broker", url, "--broker-prefix", prefix, secret=SECRET, log=tmp_path / "node.log"
+    )
+    try:
+
+        async def main() -> None:
+            async with connect(
+                node.url, subprotocols=[PROTOCOL_TOKEN], compression=None, ping_interval=None
+            ) as ws:
+                client = RawClient(ws)
+                await client.hello(token())
+                before = await client.publish("tasks.a", {"n": 1})
+                await client.publish("tasks.a", {"n": 2})
+                node.process.send_signal(signal.SIGHUP)
+                after = before
+                deadline = asyncio.get_running_loop().time() + LIMIT
+                while after["epoch"] == before["epoch"]:  # the reset runs beside the loop
+                    assert asyncio.get_running_loop().time() < deadline, "no new epoch"
+                    after = await client.publish("tasks.a", {"n": 3})
+                assert after["offset"] == 1, after
+                assert node.running()
+
+        asyncio.run(main())
     finally:
         node.stop()
