@@ -232,3 +232,25 @@ def test_server_launcher_gives_the_redis_deployment_every_operator_hook(
     rows = {line.split()[0]: line.split()[1:] for line in shown.splitlines() if line.strip()}
     assert rows["outage"][:2] != ["0", "pass"] and "pass" in rows["outage"], shown[-3000:]
     assert "cluster" in rows and "pass" in rows["cluster"], shown[-3000:]
+
+
+def test_a_mutant_inside_a_statement_of_several_lines_is_reached_through_its_first_line(
+    tmp_path: Path,
+) -> None:
+    """Coverage records a statement spread over lines under its first line only; a mutant on
+    a later line of it (a ``__slots__`` name) must still count as reached."""
+    from tests.mutation.runner import units_reaching
+
+    (tmp_path / "m.py").write_text(
+        'class C:\n    __slots__ = (\n        "a",\n        "b",\n    )\n\n'
+        "    def f(self, n: int) -> int:\n        if n > 1:\n"
+        "            return 2\n        return 3\n",
+        "utf-8",
+    )
+    mutants = {m.line: m for m in mutants_of(tmp_path / "m.py", "m.py") if m.operator == "string"}
+    slot = mutants[4]  # "b"
+    covered = {"first_lines": {"m.py": {2}}, "body_only": {"m.py": {9}}}
+    assert units_reaching(slot, covered, tmp_path) == ["first_lines"]
+    comparison = next(m for m in mutants_of(tmp_path / "m.py", "m.py") if m.operator == "cmp")
+    assert units_reaching(comparison, covered, tmp_path) == []  # the if line 8 ran nowhere
+    assert units_reaching(comparison, {"u": {"m.py": {8}}}, tmp_path) == ["u"]

@@ -10,7 +10,9 @@ suite passes the unmutated copy: otherwise every mutant would look killed.
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -222,10 +224,38 @@ def coverage_map(
     return result
 
 
-def units_reaching(mutant: Mutant, covered: dict[str, dict[str, set[int]]]) -> list[str]:
-    """The units that execute a line of the mutant's span."""
+def units_reaching(
+    mutant: Mutant, covered: dict[str, dict[str, set[int]]], root: Path = ROOT
+) -> list[str]:
+    """The units that execute a line of the mutant's span, or the first line of the statement
+    that holds it: coverage records a statement spread over several lines (a ``__slots__``
+    tuple, a call with one argument per line) under its first line only."""
     span = set(range(mutant.line, mutant.line + mutant.before.count("\n") + 1))
+    span |= {_statement_line(root / mutant.module, mutant.line)}
     return [unit for unit, modules in covered.items() if span & modules.get(mutant.module, set())]
+
+
+@functools.cache
+def _statement_starts(path: Path) -> tuple[tuple[int, int], ...]:
+    """Every simple statement's (first line, last line), and every compound statement's
+    header lines (up to its body), in the module at ``path``."""
+    spans = []
+    for node in ast.walk(ast.parse(path.read_bytes())):
+        if not isinstance(node, ast.stmt):
+            continue
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
+            last = body[0].lineno - 1  # the header only: the body has statements of its own
+        else:
+            last = node.end_lineno or node.lineno
+        spans.append((node.lineno, max(node.lineno, last)))
+    return tuple(spans)
+
+
+def _statement_line(path: Path, line: int) -> int:
+    """The first line of the innermost statement whose lines hold ``line``."""
+    holding = [first for first, last in _statement_starts(path) if first <= line <= last]
+    return max(holding, default=line)
 
 
 # -- the campaign -----------------------------------------------------------------------------
