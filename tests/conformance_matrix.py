@@ -107,6 +107,7 @@ def run_config(config: Config, folder: Path, seed: int = 1) -> SuiteRun:
             "quick",
             "--coalescing-channel",
             "coal.test",
+            "--example-event-types",
             "--reset-command",
             f"kill -HUP {served.pid}",
             "--drain-command",

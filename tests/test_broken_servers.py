@@ -68,6 +68,9 @@ Expected catches, variant -> check (requirement):
 - every_request_charged -> test_server_charges_no_publish_token_for_other_messages (UNI-PUB-39)
 - sys_dedup_shared -> test_server_keeps_sys_idempotency_records_per_publisher_tenant
   (UNI-SEC-19)
+- typed_data_unchecked -> test_server_refuses_registered_event_with_invalid_data_naming_the_
+  pointer (UNI-PUB-16, UNI-PUB-17); without --example-event-types that check could only
+  report not-run, since an unregistered type is acknowledged too
 """
 
 from __future__ import annotations
@@ -198,6 +201,7 @@ def _run(variant: str, keyword: str, config: Path = CONFIG, options: tuple[str, 
                     reports,
                     "--reset-command",
                     f"kill -HUP {proc.pid}",
+                    "--example-event-types",  # the reference server registers them
                     "-k",
                     keyword,
                     *options,

@@ -521,6 +521,7 @@ def test_suite_passes_against_the_reference_server_with_conformance_timers(
                 f"kill -HUP {served.process.pid}",
                 "--coalescing-channel",
                 "coal.test",
+                "--example-event-types",
             ),
             tmp_path,
             timeout=QUICK_SUITE_TIMEOUT_S,

@@ -70,6 +70,7 @@ def test_two_nodes_on_one_redis_pass_the_server_suite_with_connections_on_both(
                     f"kill -CONT {redis_server.pid}",
                     "--coalescing-channel",
                     "coal.test",
+                    "--example-event-types",
                 ],
                 cwd=tmp_path,
                 env=env,

@@ -95,6 +95,9 @@ class Deployment:
     """Shell command that makes the broker reachable again after ``outage_command``."""
     coalescing_channel: str | None = None
     """A channel the deployment declares coalescing (the suite cannot discover one)."""
+    example_event_types: bool = False
+    """The deployment registers the example event types of ``schemas/v1/events``: a server
+    acknowledging data their schemas refuse is then at fault, not merely unconfigured."""
     time_budget_s: float | None = None
     """Seconds one timing check may wait (``--time-budget``); None: the profile's budget."""
     issuer: str | None = None
@@ -296,6 +299,7 @@ class Deployment:
             "reset_command": self.reset_command is not None,
             "outage_command": self.outage_command is not None,
             "coalescing_channel": self.coalescing_channel,
+            "example_event_types": self.example_event_types,
             "issuer": self.issuer is not None,
             "audience": self.audience is not None,
         }

@@ -15,6 +15,7 @@ OPTIONS: Final = (
     "broadcaster-token",
     "coalescing-channel",
     "drain-command",
+    "example-event-types",
     "header",
     "issuer",
     "node-url",

@@ -137,6 +137,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="a channel the deployment declares coalescing (coalescing checks need one)",
     )
     group.addoption(
+        "--unisock-example-event-types",
+        action="store_true",
+        help="the deployment registers the example event types of schemas/v1/events",
+    )
+    group.addoption(
         "--unisock-time-budget",
         type=float,
         metavar="SECONDS",
@@ -233,6 +238,7 @@ def _deployment_from_options(config: pytest.Config) -> Deployment:
             recover_command=config.getoption("--unisock-recover-command") or None,
             node_urls=tuple(str(url) for url in config.getoption("--unisock-node-url")),
             coalescing_channel=config.getoption("--unisock-coalescing-channel") or None,
+            example_event_types=bool(config.getoption("--unisock-example-event-types")),
             time_budget_s=config.getoption("--unisock-time-budget"),
             issuer=config.getoption("--unisock-issuer") or None,
             audience=config.getoption("--unisock-audience") or None,

@@ -151,6 +151,14 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="a channel the deployment declares coalescing (coalescing checks need one)",
     )
     parser.add_argument(
+        "--example-event-types",
+        action="store_true",
+        help="the deployment registers the example event types of schemas/v1/events with "
+        "their schemas; a typed-event check that finds invalid data acknowledged then fails "
+        "instead of not running (the suite cannot tell an unregistered type from one left "
+        "unchecked)",
+    )
+    parser.add_argument(
         "--require-complete",
         action="store_true",
         help="exit with status 6 when any MUST was not run (by default the verdict lists "
@@ -210,6 +218,8 @@ def pytest_args(args: argparse.Namespace) -> list[str]:
         argv.append("--unisock-any-origin")
     if args.require_complete:
         argv.append("--unisock-require-complete")
+    if args.example_event_types:
+        argv.append("--unisock-example-event-types")
     if args.keyword:
         argv += ["-k", args.keyword]
     return argv

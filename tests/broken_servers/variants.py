@@ -30,6 +30,7 @@ from unisock import (
     session,
 )
 from unisock.broker import PublishRecord, Replay
+from unisock.config import EventTypeRegistry
 from unisock.errors import Unavailable
 from unisock.memory_broker import MemoryBroker
 from unisock.ratelimit import TokenBucket
@@ -665,6 +666,12 @@ def sys_dedup_shared() -> None:
     _replace(PublishRecord, "dedup_tenant", property(lambda record: None))
 
 
+def typed_data_unchecked() -> None:
+    """``typed_events`` is announced and the example types are registered, but no publish's
+    data is ever checked against its type's schema."""
+    _replace(EventTypeRegistry, "check", lambda self, event_type, data: None)
+
+
 # --- registry ----------------------------------------------------------------------------------
 
 
@@ -739,6 +746,7 @@ VARIANTS: dict[str, Variant] = {
         _v(repeat_failure_unavailable, "data_at_the_nesting_limit", "UNI-TR-29", "UNI-ERR-10"),
         _v(filter_exact_integers, "filter_numbers_as_binary64", "UNI-SUB-20"),
         _v(sys_dedup_shared, "sys_idempotency_records", "UNI-SEC-19"),
+        _v(typed_data_unchecked, "registered_event_with_invalid_data", "UNI-PUB-16", "UNI-PUB-17"),
     )
 }
 

@@ -89,7 +89,7 @@ def _suite(
     with tempfile.TemporaryDirectory(prefix="unisock-mutation-report-") as reports:
         argv = ["server", url, "--secret", SECRET, "--profile", "quick"]
         argv += ["--seed", SEED, "--time-scale", str(scale), "--report-dir", reports]
-        argv += [*hooks, "--coalescing-channel", "coal.test"]
+        argv += [*hooks, "--coalescing-channel", "coal.test", "--example-event-types"]
         if units is not None:
             argv += ["-k", keyword(units) if units else "<no unit>"]
         args = build_parser().parse_args(argv)
