@@ -68,6 +68,8 @@ Expected catches, variant -> check (requirement):
 - every_request_charged -> test_server_charges_no_publish_token_for_other_messages (UNI-PUB-39)
 - sys_dedup_shared -> test_server_keeps_sys_idempotency_records_per_publisher_tenant
   (UNI-SEC-19)
+- pattern_epoch_gap_missing -> test_server_sends_epoch_changed_gap_before_the_first_event_of_a_
+  new_epoch (UNI-DEL-19), through its subscriber on a wildcard pattern
 - typed_data_unchecked -> test_server_refuses_registered_event_with_invalid_data_naming_the_
   pointer (UNI-PUB-16, UNI-PUB-17); without --example-event-types that check could only
   report not-run, since an unregistered type is acknowledged too

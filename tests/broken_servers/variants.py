@@ -672,6 +672,20 @@ def typed_data_unchecked() -> None:
     _replace(EventTypeRegistry, "check", lambda self, event_type, data: None)
 
 
+def pattern_epoch_gap_missing() -> None:
+    """A subscriber through a wildcard or a filter gets the first event of a new epoch with no
+    ``epoch_changed`` gap before it (the exact, filter-less fast path still sends one)."""
+
+    def fresh_at(self: SessionCore, scope: Any, position: tuple[str, int]) -> bool:
+        last = self._last.get(scope)
+        if last is not None and last[0] == position[0] and position[1] <= last[1]:
+            return False
+        self._last[scope] = position
+        return True
+
+    _replace(SessionCore, "_fresh_at", fresh_at)
+
+
 # --- registry ----------------------------------------------------------------------------------
 
 
@@ -746,6 +760,7 @@ VARIANTS: dict[str, Variant] = {
         _v(repeat_failure_unavailable, "data_at_the_nesting_limit", "UNI-TR-29", "UNI-ERR-10"),
         _v(filter_exact_integers, "filter_numbers_as_binary64", "UNI-SUB-20"),
         _v(sys_dedup_shared, "sys_idempotency_records", "UNI-SEC-19"),
+        _v(pattern_epoch_gap_missing, "epoch_changed_gap_before_the_first", "UNI-DEL-19"),
         _v(typed_data_unchecked, "registered_event_with_invalid_data", "UNI-PUB-16", "UNI-PUB-17"),
     )
 }

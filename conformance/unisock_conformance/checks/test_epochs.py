@@ -1,5 +1,7 @@
 """Epochs (spec 7.2 and 7.6): a deployment that loses a channel's history and offsets starts a
-new epoch, and tells connected subscribers with an ``epoch_changed`` gap before its first event.
+new epoch, and tells connected subscribers with an ``epoch_changed`` gap before its first event:
+one subscribed to the channel itself and one subscribed through a wildcard pattern, since a
+server may keep the two apart.
 
 No client can make a deployment lose its history; the operator gives a shell command that does
 (``--reset-command``, e.g. ``kill -HUP <pid>`` for the reference server). A reset wipes history
@@ -41,8 +43,9 @@ class Episode:
     """The ack of the first event published in a new epoch."""
     subscriber_closed: bool = False
     """The reset closed the subscriber's connection (a restarting deployment)."""
-    live: list[Frame] = field(default_factory=list)
-    """The subscriber's events and gaps of the channel, up to the first new-epoch event."""
+    live: dict[str, list[Frame]] = field(default_factory=dict)
+    """Per subscription (the channel, a wildcard pattern): the subscriber's events and gaps
+    of the channel, up to the first new-epoch event."""
     resume_gap: Frame | None = None
     retry: Frame | None = None
     """The reply to a publish, in the new epoch, reusing the old-epoch event's message_id."""
@@ -76,7 +79,8 @@ def reset_episode(deployment: Deployment, server_info: ServerInfo) -> Iterator[E
     if deployment.reset_command is None:
         pytest.skip(f"{NOT_RUN_PREFIX} needs --reset-command")
     names = Names(deployment.seed, "checks/test_epochs.py")
-    tenant, channel = names.tenant(), names.channel()
+    tenant, base = names.tenant(), names.channel()
+    channel, pattern = f"{base}.x", f"{base}.*"
     group = ConnGroup()
     episode = Episode(channel)
 
@@ -95,13 +99,15 @@ def reset_episode(deployment: Deployment, server_info: ServerInfo) -> Iterator[E
         return opened
 
     try:
-        subscriber, publisher = conn(0), conn(1)
+        subscriber, publisher, wildcard = conn(0), conn(1), conn(3)
         subscriber.subscribe(channel)
+        wildcard.subscribe(pattern)
         before = publisher.publish(channel, "epoch.before")
         episode.before = before
-        subscriber.wait_events(
-            lambda e: e["channel"] == channel and e["offset"] == before["offset"]
-        )
+        for listener in (subscriber, wildcard):
+            listener.wait_events(
+                lambda e: e["channel"] == channel and e["offset"] == before["offset"]
+            )
         deployment.run_reset_command()
         deadline = time.monotonic() + deployment.timeout(RESET_WAIT_S)
         pause = _publish_pause(server_info)
@@ -127,7 +133,8 @@ def reset_episode(deployment: Deployment, server_info: ServerInfo) -> Iterator[E
                 time.sleep(pause)
         after = episode.after
         if after is not None:
-            _observe_live(episode, subscriber, after)
+            _observe_live(episode, channel, subscriber, after)
+            _observe_live(episode, pattern, wildcard, after)
             retry = publisher.publish_message(
                 channel, "epoch.before", message_id=before["message_id"]
             )
@@ -141,7 +148,7 @@ def reset_episode(deployment: Deployment, server_info: ServerInfo) -> Iterator[E
         group.close_all()
 
 
-def _observe_live(episode: Episode, subscriber: Conn, after: Frame) -> None:
+def _observe_live(episode: Episode, subscription: str, subscriber: Conn, after: Frame) -> None:
     channel = episode.channel
     try:
         subscriber.wait_events(
@@ -155,7 +162,7 @@ def _observe_live(episode: Episode, subscriber: Conn, after: Frame) -> None:
         if subscriber.closed.is_set():
             episode.subscriber_closed = True
         else:
-            episode.problems["live"] = str(error)
+            episode.problems["live"] = f"subscribed to {subscription}: {error}"
         return
     frames = [
         f
@@ -167,7 +174,7 @@ def _observe_live(episode: Episode, subscriber: Conn, after: Frame) -> None:
         for i, f in enumerate(frames)
         if f["type"] == "event" and (f["epoch"], f["offset"]) == (after["epoch"], after["offset"])
     )
-    episode.live = frames[: end + 1]
+    episode.live[subscription] = frames[: end + 1]
 
 
 def _observe_resume(
@@ -218,21 +225,23 @@ def test_server_sends_epoch_changed_gap_before_the_first_event_of_a_new_epoch(
     assert "live" not in episode.problems, episode.problems["live"]
     assert episode.before is not None and episode.after is not None
     new_epoch, first = episode.after["epoch"], episode.after["offset"]
-    *earlier, event = episode.live
-    gaps = [f for f in earlier if f["type"] == "gap" and f.get("epoch") == new_epoch]
-    assert gaps, (
-        f"no gap for epoch {new_epoch!r} before its event at offset {first}; the subscriber got "
-        f"{[(f['type'], f.get('epoch'), f.get('offset')) for f in episode.live]}"
-    )
-    gap = gaps[-1]
-    assert gap.get("reason") == "epoch_changed", f"the gap before the new epoch was {gap}"
-    assert gap["offset"] == first - 1, (
-        f"the gap before offset {first} of the new epoch names offset {gap['offset']}, not "
-        f"the position just before that event ({first - 1})"
-    )
-    later = earlier[earlier.index(gap) + 1 :]
-    assert later == [], f"frames of {episode.channel} between the gap and its event: {later}"
-    assert event["epoch"] == new_epoch
+    for subscription, live in episode.live.items():
+        where = f"for the subscription {subscription}"
+        *earlier, event = live
+        gaps = [f for f in earlier if f["type"] == "gap" and f.get("epoch") == new_epoch]
+        assert gaps, (
+            f"no gap for epoch {new_epoch!r} before its event at offset {first} {where}; the "
+            f"subscriber got {[(f['type'], f.get('epoch'), f.get('offset')) for f in live]}"
+        )
+        gap = gaps[-1]
+        assert gap.get("reason") == "epoch_changed", f"the gap {where} was {gap}"
+        assert gap["offset"] == first - 1, (
+            f"the gap before offset {first} of the new epoch names offset {gap['offset']} "
+            f"{where}, not the position just before that event ({first - 1})"
+        )
+        later = earlier[earlier.index(gap) + 1 :]
+        assert later == [], f"frames of {episode.channel} between the gap and its event: {later}"
+        assert event["epoch"] == new_epoch
 
 
 @pytest.mark.requirement("UNI-PUB-21", "UNI-PUB-28", "UNI-DEL-8")
