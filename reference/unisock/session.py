@@ -435,8 +435,12 @@ class SessionCore:
     # -- state helpers -------------------------------------------------------------------------
 
     def _move(self, event: Input) -> None:
-        self.state = next_state(self.state, event)
-        self._refresh_views()
+        state = next_state(self.state, event)
+        if state is not self.state:
+            # The views follow the state; every request moves OPEN to OPEN, which leaves
+            # them as they are (subscription changes refresh them where they happen).
+            self.state = state
+            self._refresh_views()
 
     def _close(self, event: Input, code: int, reason: str) -> list[Action]:
         self._move(event)
