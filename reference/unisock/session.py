@@ -66,7 +66,6 @@ from unisock.errors import (
 )
 from unisock.filters import Filter, compile_filter
 from unisock.messages import (
-    Ack,
     ClientMessage,
     Drain,
     Error,
@@ -86,6 +85,7 @@ from unisock.messages import (
     Unsubscribed,
     Welcome,
     encode,
+    encode_ack,
     parse_client_message,
 )
 from unisock.ratelimit import TokenBucket
@@ -944,15 +944,19 @@ class SessionCore:
         if self.state not in _DELIVERING:
             return []
         event = result.event
-        ack = Ack(
-            id=request_id,
-            channel=event.record.key.name,
-            message_id=event.record.message_id,
-            epoch=event.epoch,
-            offset=event.offset,
-            duplicate=result.duplicate,
-        )
-        return [_send(ack)]
+        record = event.record
+        return [
+            Send(
+                encode_ack(
+                    request_id,
+                    record.key.name,
+                    record.message_id,
+                    event.epoch,
+                    event.offset,
+                    result.duplicate,
+                )
+            )
+        ]
 
     def publish_failed(self, request_id: str, error: ReplyError) -> list[Action]:
         """The broker could not sequence the publish; nothing was sequenced (UNI-PUB)."""
