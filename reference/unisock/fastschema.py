@@ -95,8 +95,20 @@ def _unique(items: list[Any]) -> bool:
     return all(not _equal(items[i], items[j]) for i in range(len(items)) for j in range(i))
 
 
+# The combinators below run for every message and every nested value: plain loops, as a
+# generator handed to all() or any() costs an allocation and a frame switch per item.
+
+
 def _any(checks: list[Check]) -> Check:
-    return lambda v: any(check(v) for check in checks)
+    items = tuple(checks)
+
+    def check(v: Any) -> bool:
+        for one in items:  # noqa: SIM110
+            if one(v):
+                return True
+        return False
+
+    return check
 
 
 def _all(checks: list[Check]) -> Check:
@@ -104,7 +116,15 @@ def _all(checks: list[Check]) -> Check:
         return lambda _v: True
     if len(checks) == 1:
         return checks[0]
-    return lambda v: all(check(v) for check in checks)
+    items = tuple(checks)
+
+    def check(v: Any) -> bool:
+        for one in items:  # noqa: SIM110
+            if not one(v):
+                return False
+        return True
+
+    return check
 
 
 class _Compiler:
@@ -238,12 +258,20 @@ def _additional(c: _Compiler, s: dict[str, Any], base: str) -> Check:
     if extra is False:
         return lambda v: not isinstance(v, dict) or known.issuperset(v)
     sub = c.compile(extra, base)
-    return lambda v: not isinstance(v, dict) or all(sub(v[k]) for k in v if k not in known)
+
+    def check(v: Any) -> bool:
+        if isinstance(v, dict):
+            for name, value in v.items():
+                if name not in known and not sub(value):
+                    return False
+        return True
+
+    return check
 
 
 def _required(c: _Compiler, s: dict[str, Any], base: str) -> Check:
-    names = tuple(s["required"])
-    return lambda v: not isinstance(v, dict) or all(name in v for name in names)
+    names = frozenset(s["required"])
+    return lambda v: not isinstance(v, dict) or v.keys() >= names
 
 
 def _min_properties(c: _Compiler, s: dict[str, Any], base: str) -> Check:
@@ -337,8 +365,7 @@ def _all_of(c: _Compiler, s: dict[str, Any], base: str) -> Check:
 
 
 def _any_of(c: _Compiler, s: dict[str, Any], base: str) -> Check:
-    subs = [c.compile(sub, base) for sub in s["anyOf"]]
-    return lambda v: any(sub(v) for sub in subs)
+    return _any([c.compile(sub, base) for sub in s["anyOf"]])
 
 
 def _one_of(c: _Compiler, s: dict[str, Any], base: str) -> Check:
