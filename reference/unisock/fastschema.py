@@ -56,6 +56,9 @@ def compile_schema(
 
 
 def _is_number(value: Any) -> bool:
+    kind = type(value)
+    if kind is int or kind is float:  # what json.loads makes, without the bool test
+        return True
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -286,7 +289,15 @@ def _max_properties(c: _Compiler, s: dict[str, Any], base: str) -> Check:
 
 def _property_names(c: _Compiler, s: dict[str, Any], base: str) -> Check:
     sub = c.compile(s["propertyNames"], base)
-    return lambda v: not isinstance(v, dict) or all(sub(k) for k in v)
+
+    def check(v: Any) -> bool:
+        if isinstance(v, dict):
+            for name in v:
+                if not sub(name):
+                    return False
+        return True
+
+    return check
 
 
 def _prefix_items(c: _Compiler, s: dict[str, Any], base: str) -> Check:
@@ -299,7 +310,15 @@ def _prefix_items(c: _Compiler, s: dict[str, Any], base: str) -> Check:
 def _items(c: _Compiler, s: dict[str, Any], base: str) -> Check:
     skip = len(s.get("prefixItems", ()))
     sub = c.compile(s["items"], base)
-    return lambda v: not isinstance(v, list) or all(sub(item) for item in v[skip:])
+
+    def check(v: Any) -> bool:
+        if isinstance(v, list):
+            for item in v[skip:] if skip else v:
+                if not sub(item):
+                    return False
+        return True
+
+    return check
 
 
 def _contains(c: _Compiler, s: dict[str, Any], base: str) -> Check:
