@@ -590,7 +590,14 @@ class UnisockServer:
                 out.append(frame)
                 return
             self._flush_one(conn)  # a full batch; the connection stays listed for this turn
-        if conn.queue or not self._writable(conn):
+        ws = conn.ws
+        if (
+            conn.queue  # behind frames already waiting
+            or conn.closing
+            or ws.protocol.state is not WsState.OPEN
+            or ws.transport.get_write_buffer_size() >= HIGH_WATER
+        ):
+            # Once per frame of every fan-out, so inline: a slow transport, or one going away.
             self._enqueue(conn, _Queued(frame, event))
             return
         conn.out = [frame]
@@ -613,14 +620,6 @@ class UnisockServer:
         # Nothing may follow a close frame (which websockets may have sent meanwhile).
         if out and ws.protocol.state is WsState.OPEN:
             ws.transport.write(out[0] if len(out) == 1 else b"".join(out))
-
-    def _writable(self, conn: _Conn) -> bool:
-        ws = conn.ws
-        return (
-            ws.protocol.state is WsState.OPEN
-            and ws.transport.get_write_buffer_size() < HIGH_WATER
-            and not conn.closing
-        )
 
     def _enqueue(self, conn: _Conn, item: _Queued) -> None:
         """Queue behind a slow transport; coalesce by key; cut at ``max_queue`` (UNI-LIM)."""
