@@ -96,12 +96,12 @@ async def _pysio() -> int:
 
 
 async def _unisock(config: dict[str, Any]) -> int:
-    from unisock.server import UnisockServer, freeze_startup_objects
+    from unisock.server import UnisockServer, freeze_startup_objects, start_collector
 
     server = UnisockServer(h.bench_settings(**config))
     _, port = await server.start("127.0.0.1", 0)
     freeze_startup_objects()  # as ``unisock serve`` does
-    _servers.append(server)
+    _servers.append((server, start_collector(server)))
     return port
 
 

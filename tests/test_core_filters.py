@@ -222,6 +222,9 @@ def test_json_equality_keeps_types_apart_except_numbers() -> None:
     assert not json_equal(True, 1)
     assert not json_equal(1, True)
     assert not json_equal("a", 1)
+    assert not json_equal("true", True)
+    assert not json_equal("a", None)
+    assert not json_equal("a", "b")
     assert not json_equal(None, False)
     assert not json_equal([1], [1])
     assert json_equal(2**53 + 1, float(2**53))  # section 5.5.2: both are the same binary64

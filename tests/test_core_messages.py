@@ -54,6 +54,7 @@ from unisock.messages import (
     Welcome,
     add_coalesced,
     encode,
+    encode_ack,
     encode_event_frame,
     parse_client_message,
 )
@@ -512,6 +513,27 @@ def test_event_frame_is_identical_to_the_encoded_event_message() -> None:
     assert frame == encode(expected)
     assert validate_server_message(json.loads(frame)) == []
     assert "café" in frame
+
+
+@pytest.mark.parametrize(
+    ("channel", "message_id", "duplicate"),
+    [("tasks.42", "m1", False), ("$me.inbox", 'caf\u00e9 "1"', True), ("a", "\u2028", False)],
+)
+def test_ack_fast_encoding_is_identical_to_the_encoded_ack_message(
+    channel: str, message_id: str, duplicate: bool
+) -> None:
+    """The ack written per publish has the bytes of :class:`Ack` encoded (UNI-PUB)."""
+    frame = encode_ack("p1", channel, message_id, "e-1", 43, duplicate)
+    expected = Ack(
+        id="p1",
+        channel=channel,
+        message_id=message_id,
+        epoch="e-1",
+        offset=43,
+        duplicate=duplicate,
+    )
+    assert frame == encode(expected)
+    assert validate_server_message(json.loads(frame)) == []
 
 
 def test_event_frame_uses_the_wire_form_of_private_channels() -> None:

@@ -10,10 +10,13 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from unisock.auth import AuthConfig, TokenVerifier, mint_token
 from unisock.broker import ChannelKey, Position, PublishRecord, PublishResult, Replay, StoredEvent
 from unisock.config import EventTypeRegistry, ServerConfig
+from unisock.delivery import should_deliver
 from unisock.errors import (
     InvalidEventData,
     LocalError,
@@ -37,6 +40,7 @@ from unisock.session import (
     StartPublish,
     StartSubscribe,
     StopSubscribe,
+    event_view,
 )
 from unisock.state import State
 
@@ -1398,3 +1402,52 @@ def test_token_bucket_ignores_a_clock_that_steps_back() -> None:
 def test_token_bucket_refuses_invalid_parameters(rate: float, burst: int) -> None:
     with pytest.raises(ValueError):
         TokenBucket(rate, burst)
+
+
+# --- the fan-out check equals the predicate (UNI-DEL) ------------------------------------------
+
+_HIGH = {"eq": ["prio", "high"]}
+_SUBSCRIPTIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["tasks.1", "tasks.2", "tasks.*", "tasks.>", "$me.inbox"]),
+        st.sampled_from([None, _HIGH, {"ne": ["prio", "high"]}]),
+        st.booleans(),  # answered by the broker (active), or still being set up
+    ),
+    max_size=4,
+    unique_by=lambda sub: sub[0],
+)
+_EVENTS = st.builds(
+    lambda channel, tenant, owner, prio, to, exclude_self: stored(
+        channel,
+        tenant=tenant,
+        owner=owner if channel.startswith("$me") else None,
+        attrs={} if prio is None else {"prio": prio},
+        to=to,
+        exclude_self=exclude_self,
+        publisher_connection="c1",
+    ),
+    st.sampled_from(["tasks.1", "tasks.2", "tasks.3", "$me.inbox"]),
+    st.sampled_from(["acme", "globex"]),
+    st.sampled_from(["alice", "bob"]),
+    st.sampled_from([None, "high", "low"]),
+    st.sampled_from([None, frozenset({"alice"}), frozenset({"bob"})]),
+    st.booleans(),
+)
+
+
+@given(_SUBSCRIPTIONS, _EVENTS)
+def test_session_accepts_exactly_the_events_the_predicate_delivers(
+    subscriptions: list[tuple[str, dict[str, Any] | None, bool]], event: StoredEvent
+) -> None:
+    """``accepts`` and its shortcuts give should_deliver's answer over the active view."""
+    core, clock = opened(subscribe=["tasks.>", "$me.>"])
+    for channel, flt, done in subscriptions:
+        extra = {} if flt is None else {"filter": flt}
+        start = subscribe(core, channel, rid=f"s-{channel}", **extra)
+        assert isinstance(start[0], StartSubscribe), start
+        if done:
+            head = Position(EPOCH, 0) if start[0].head is not None else None
+            core.subscribe_result(channel, head)
+            core.subscription_active(channel)
+    expected = should_deliver(core.view(), event_view(event).event, clock.now)
+    assert core.accepts(event, clock.now) is expected

@@ -56,6 +56,9 @@ def compile_schema(
 
 
 def _is_number(value: Any) -> bool:
+    kind = type(value)
+    if kind is int or kind is float:  # what json.loads makes, without the bool test
+        return True
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -95,8 +98,20 @@ def _unique(items: list[Any]) -> bool:
     return all(not _equal(items[i], items[j]) for i in range(len(items)) for j in range(i))
 
 
+# The combinators below run for every message and every nested value: plain loops, as a
+# generator handed to all() or any() costs an allocation and a frame switch per item.
+
+
 def _any(checks: list[Check]) -> Check:
-    return lambda v: any(check(v) for check in checks)
+    items = tuple(checks)
+
+    def check(v: Any) -> bool:
+        for one in items:  # noqa: SIM110
+            if one(v):
+                return True
+        return False
+
+    return check
 
 
 def _all(checks: list[Check]) -> Check:
@@ -104,7 +119,15 @@ def _all(checks: list[Check]) -> Check:
         return lambda _v: True
     if len(checks) == 1:
         return checks[0]
-    return lambda v: all(check(v) for check in checks)
+    items = tuple(checks)
+
+    def check(v: Any) -> bool:
+        for one in items:  # noqa: SIM110
+            if not one(v):
+                return False
+        return True
+
+    return check
 
 
 class _Compiler:
@@ -238,12 +261,20 @@ def _additional(c: _Compiler, s: dict[str, Any], base: str) -> Check:
     if extra is False:
         return lambda v: not isinstance(v, dict) or known.issuperset(v)
     sub = c.compile(extra, base)
-    return lambda v: not isinstance(v, dict) or all(sub(v[k]) for k in v if k not in known)
+
+    def check(v: Any) -> bool:
+        if isinstance(v, dict):
+            for name, value in v.items():
+                if name not in known and not sub(value):
+                    return False
+        return True
+
+    return check
 
 
 def _required(c: _Compiler, s: dict[str, Any], base: str) -> Check:
-    names = tuple(s["required"])
-    return lambda v: not isinstance(v, dict) or all(name in v for name in names)
+    names = frozenset(s["required"])
+    return lambda v: not isinstance(v, dict) or v.keys() >= names
 
 
 def _min_properties(c: _Compiler, s: dict[str, Any], base: str) -> Check:
@@ -258,7 +289,15 @@ def _max_properties(c: _Compiler, s: dict[str, Any], base: str) -> Check:
 
 def _property_names(c: _Compiler, s: dict[str, Any], base: str) -> Check:
     sub = c.compile(s["propertyNames"], base)
-    return lambda v: not isinstance(v, dict) or all(sub(k) for k in v)
+
+    def check(v: Any) -> bool:
+        if isinstance(v, dict):
+            for name in v:
+                if not sub(name):
+                    return False
+        return True
+
+    return check
 
 
 def _prefix_items(c: _Compiler, s: dict[str, Any], base: str) -> Check:
@@ -271,7 +310,15 @@ def _prefix_items(c: _Compiler, s: dict[str, Any], base: str) -> Check:
 def _items(c: _Compiler, s: dict[str, Any], base: str) -> Check:
     skip = len(s.get("prefixItems", ()))
     sub = c.compile(s["items"], base)
-    return lambda v: not isinstance(v, list) or all(sub(item) for item in v[skip:])
+
+    def check(v: Any) -> bool:
+        if isinstance(v, list):
+            for item in v[skip:] if skip else v:
+                if not sub(item):
+                    return False
+        return True
+
+    return check
 
 
 def _contains(c: _Compiler, s: dict[str, Any], base: str) -> Check:
@@ -337,8 +384,7 @@ def _all_of(c: _Compiler, s: dict[str, Any], base: str) -> Check:
 
 
 def _any_of(c: _Compiler, s: dict[str, Any], base: str) -> Check:
-    subs = [c.compile(sub, base) for sub in s["anyOf"]]
-    return lambda v: any(sub(v) for sub in subs)
+    return _any([c.compile(sub, base) for sub in s["anyOf"]])
 
 
 def _one_of(c: _Compiler, s: dict[str, Any], base: str) -> Check:

@@ -141,6 +141,8 @@ def json_equal(left: object, right: object) -> bool:
 
     ``1 == 1.0`` holds, ``true != 1`` and ``"1" != 1``.
     """
+    if type(left) is str:  # the common case, first: what the last branch decides
+        return isinstance(right, str) and left == right
     if isinstance(left, bool) or isinstance(right, bool):
         return type(left) is type(right) and left == right
     if _is_number(left):

@@ -97,13 +97,20 @@ def _surely_within(text: str) -> bool:
     )
 
 
+_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+"""Built once: ``json.loads`` with these arguments builds a decoder for every message."""
+
+
 def loads(text: str | bytes) -> Any:
     """Parse ``text`` as JSON within the limits; any failure is :class:`JsonLimitError`.
 
     ``RecursionError`` counts as too deep: the C scanner gives up long before memory does.
     """
     try:
-        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        if isinstance(text, str):
+            value = _DECODER.decode(text)
+        else:  # json.loads tells the bytes' UTF encoding apart
+            value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise JsonLimitError(str(exc) if isinstance(exc, JsonLimitError) else "not JSON") from None
     if isinstance(text, bytes) or not _surely_within(text):

@@ -58,6 +58,7 @@ __all__ = [
     "Welcome",
     "add_coalesced",
     "encode",
+    "encode_ack",
     "encode_event_frame",
     "parse_client_message",
     "readable_id",
@@ -621,6 +622,27 @@ def encode_event_frame(record: PublishRecord, epoch: str, offset: int, ts: int) 
         frame["attrs"] = dict(record.attrs)
     frame["publisher"] = record.publisher_sub
     return _dumps(frame)
+
+
+def encode_ack(
+    request_id: str, channel: str, message_id: str, epoch: str, offset: int, duplicate: bool
+) -> str:
+    """The ``ack`` of one publish, as :func:`encode` writes :class:`Ack` (same bytes).
+
+    Once per publish: the fields come from a parsed publish and the broker's position, which
+    satisfy :class:`Ack`'s invariants already, so no message object is built to check them.
+    """
+    return _dumps(
+        {
+            "type": "ack",
+            "id": request_id,
+            "channel": channel,
+            "message_id": message_id,
+            "epoch": epoch,
+            "offset": offset,
+            "duplicate": duplicate,
+        }
+    )
 
 
 def add_coalesced(frame: str, offsets: tuple[int, ...] | list[int]) -> str:

@@ -2,11 +2,87 @@
 
 Each server owns its own registry so that several servers in one process (tests, benchmarks)
 never share counters. Per-recipient work is counted in batches per event, never per frame.
+
+The counters that move with every message and event (frames in and out, publishes,
+deliveries, the delivery latency) are plain numbers read when ``/metrics`` is scraped:
+``prometheus_client`` takes a lock per increment, which the event loop, their only writer,
+does not need. They are exposed exactly as its own counters and histograms would be.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import time
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.samples import Sample
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class PlainCounter:
+    """A counter without a lock, for the event loop's hot path; registered like a Counter."""
+
+    __slots__ = ("created", "documentation", "name", "value")
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.value = 0
+        self.created = time.time()
+        registry.register(self)
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation)
+        family.add_metric((), self.value, created=self.created)
+        return [family]
+
+
+class PlainHistogram:
+    """A histogram without a lock (see :class:`PlainCounter`), with Histogram's buckets."""
+
+    __slots__ = ("bounds", "counts", "created", "documentation", "name", "total")
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = (*buckets, float("inf"))
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+        self.created = time.time()
+        registry.register(self)
+
+    def observe(self, amount: float) -> None:
+        # The first bucket whose bound is at least ``amount`` (Prometheus' ``le``).
+        self.counts[bisect_left(self.bounds, amount)] += 1
+        self.total += amount
+
+    def collect(self) -> Iterable[Metric]:
+        cumulative: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip(self.bounds, self.counts, strict=True):
+            running += count
+            cumulative.append((_bound_text(bound), running))
+        family = HistogramMetricFamily(self.name, self.documentation)
+        family.add_metric((), cumulative, self.total)
+        family.samples.append(Sample(f"{self.name}_created", {}, self.created))
+        return [family]
+
+
+def _bound_text(bound: float) -> str:
+    # As prometheus_client writes a bucket's ``le`` label.
+    return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
 class Metrics:
@@ -20,21 +96,19 @@ class Metrics:
             ["tenant"],
             registry=self.registry,
         )
-        self.messages_in = Counter(
-            "unisock_messages_in_total", "Frames received from clients.", registry=self.registry
+        self.messages_in = PlainCounter(
+            "unisock_messages_in", "Frames received from clients.", self.registry
         )
-        self.messages_out = Counter(
-            "unisock_messages_out_total", "Frames queued to clients.", registry=self.registry
+        self.messages_out = PlainCounter(
+            "unisock_messages_out", "Frames queued to clients.", self.registry
         )
-        self.published = Counter(
-            "unisock_events_published_total",
+        self.published = PlainCounter(
+            "unisock_events_published",
             "Events sequenced by publishes on this node.",
-            registry=self.registry,
+            self.registry,
         )
-        self.deliveries = Counter(
-            "unisock_deliveries_total",
-            "Event frames delivered to connections.",
-            registry=self.registry,
+        self.deliveries = PlainCounter(
+            "unisock_deliveries", "Event frames delivered to connections.", self.registry
         )
         self.drops = Counter(
             "unisock_slow_consumer_closes_total",
@@ -63,11 +137,11 @@ class Metrics:
             ["code"],
             registry=self.registry,
         )
-        self.latency = Histogram(
+        self.latency = PlainHistogram(
             "unisock_delivery_latency_seconds",
             "Time from sequencing to the frame being written, per event fan-out on this node.",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
-            registry=self.registry,
+            LATENCY_BUCKETS,
+            self.registry,
         )
 
     def render(self) -> bytes:

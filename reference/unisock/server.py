@@ -34,6 +34,7 @@ from unisock.auth import TokenVerifier
 from unisock.broker import Broker, BrokerUnavailable, ChannelKey, PublishResult, StoredEvent
 from unisock.brokers import build_broker
 from unisock.closecodes import CloseCode, close_name
+from unisock.collector import Collector
 from unisock.config import EventTypeRegistry, ServerConfig
 from unisock.errors import InternalError, ReplyError, ServiceRestart, Unavailable
 from unisock.memory_broker import MemoryBroker
@@ -61,7 +62,7 @@ from unisock.wsframe import text_frame
 if TYPE_CHECKING:
     from unisock.redis_broker import RedisBroker
 
-__all__ = ["UnisockServer", "freeze_startup_objects", "run_server"]
+__all__ = ["UnisockServer", "freeze_startup_objects", "run_server", "start_collector"]
 
 log = logging.getLogger("unisock.server")
 
@@ -236,6 +237,8 @@ class UnisockServer:
         self.metrics = Metrics()
         self.http = http
         self.conns: dict[str, _Conn] = {}
+        self.closed_connections = 0
+        """Connections gone since the server started (the collector's measure of churn)."""
         self.index = _Index()
         self._dirty: list[_Conn] = []
         """Connections with frames gathered in this loop turn (``_Conn.out``)."""
@@ -392,6 +395,7 @@ class UnisockServer:
             conn.writer.cancel()
         self.index.drop(conn)
         self.conns.pop(conn.core.connection_id, None)
+        self.closed_connections += 1
         if not self.conns:
             self._idle.set()
         identity = conn.core.identity
@@ -586,7 +590,14 @@ class UnisockServer:
                 out.append(frame)
                 return
             self._flush_one(conn)  # a full batch; the connection stays listed for this turn
-        if conn.queue or not self._writable(conn):
+        ws = conn.ws
+        if (
+            conn.queue  # behind frames already waiting
+            or conn.closing
+            or ws.protocol.state is not WsState.OPEN
+            or ws.transport.get_write_buffer_size() >= HIGH_WATER
+        ):
+            # Once per frame of every fan-out, so inline: a slow transport, or one going away.
             self._enqueue(conn, _Queued(frame, event))
             return
         conn.out = [frame]
@@ -609,14 +620,6 @@ class UnisockServer:
         # Nothing may follow a close frame (which websockets may have sent meanwhile).
         if out and ws.protocol.state is WsState.OPEN:
             ws.transport.write(out[0] if len(out) == 1 else b"".join(out))
-
-    def _writable(self, conn: _Conn) -> bool:
-        ws = conn.ws
-        return (
-            ws.protocol.state is WsState.OPEN
-            and ws.transport.get_write_buffer_size() < HIGH_WATER
-            and not conn.closing
-        )
 
     def _enqueue(self, conn: _Conn, item: _Queued) -> None:
         """Queue behind a slow transport; coalesce by key; cut at ``max_queue`` (UNI-LIM)."""
@@ -771,10 +774,18 @@ def freeze_startup_objects() -> None:
     Schemas, compiled validators, registries and modules (about 40,000 objects) live as
     long as the process; left in the oldest generation, every full collection walks them
     again, a pause that every client of the node feels as latency. Objects made later, the
-    connections' among them, are collected as usual.
+    connections' among them, are :func:`start_collector`'s.
     """
     gc.collect()
     gc.freeze()
+
+
+def start_collector(server: UnisockServer) -> Collector:
+    """Keep the connections' long-lived state out of full collections too (see
+    :mod:`unisock.collector`): they run when connections churn, not while events flow."""
+    collector = Collector(lambda: len(server.conns), lambda: server.closed_connections)
+    collector.start()
+    return collector
 
 
 async def run_server(
@@ -791,8 +802,16 @@ async def run_server(
     server = UnisockServer(settings)
     bound_host, bound_port = await server.start(host, port)
     freeze_startup_objects()
+    collector = start_collector(server)
     if on_ready is not None:
         on_ready(bound_host, bound_port)
+    try:
+        await _serve_until_stopped(server)
+    finally:
+        await collector.stop()
+
+
+async def _serve_until_stopped(server: UnisockServer) -> None:
     stop = asyncio.Event()
     drain = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -64,9 +64,8 @@ from unisock.errors import (
     TokenMismatch,
     UnsupportedData,
 )
-from unisock.filters import Filter, compile_filter
+from unisock.filters import Filter, compile_filter, evaluate
 from unisock.messages import (
-    Ack,
     ClientMessage,
     Drain,
     Error,
@@ -86,6 +85,7 @@ from unisock.messages import (
     Unsubscribed,
     Welcome,
     encode,
+    encode_ack,
     parse_client_message,
 )
 from unisock.ratelimit import TokenBucket
@@ -337,6 +337,7 @@ class SessionCore:
         "_deliver_until",
         "_drain_deadline_ms",
         "_drain_window_ms",
+        "_filtered",
         "_last",
         "_last_rx_ms",
         "_next_ping_ms",
@@ -384,6 +385,7 @@ class SessionCore:
         """Encoded ``gap`` frames to write before the event just accepted (UNI-DEL-19)."""
         self._active_view: ConnectionView | None = None
         self._plain: frozenset[_Scope] = frozenset()
+        self._filtered: dict[_Scope, Filter] | None = None
         self._deliver_until = 0
         self._pending_view: ConnectionView | None = None
         features = frozenset(config.features)
@@ -435,8 +437,12 @@ class SessionCore:
     # -- state helpers -------------------------------------------------------------------------
 
     def _move(self, event: Input) -> None:
-        self.state = next_state(self.state, event)
-        self._refresh_views()
+        state = next_state(self.state, event)
+        if state is not self.state:
+            # The views follow the state; every request moves OPEN to OPEN, which leaves
+            # them as they are (subscription changes refresh them where they happen).
+            self.state = state
+            self._refresh_views()
 
     def _close(self, event: Input, code: int, reason: str) -> list[Action]:
         self._move(event)
@@ -450,6 +456,7 @@ class SessionCore:
         if self.state not in _DELIVERING or self.identity is None:
             self._active_view = self._pending_view = None
             self._plain = frozenset()
+            self._filtered = None
             self._deliver_until = 0
             return
         # Active exact subscriptions without a filter: for an untargeted event on one of
@@ -472,6 +479,29 @@ class SessionCore:
             if pending
             else None
         )
+        self._filtered = None if self._pending_view is not None else self._exact_filters()
+
+    def _exact_filters(self) -> dict[_Scope, Filter] | None:
+        """The filters of the active exact subscriptions by key, when every active one is exact.
+
+        Then an untargeted event on a key that is neither here nor in ``_plain`` matches no
+        subscription (clause 4), and on a key here it is delivered when its one filter passes:
+        clauses 2-3 hold by construction, as for ``_plain``. ``None`` leaves every decision to
+        the predicate: a wildcard subscription, or two filters on one key.
+        """
+        filtered: dict[_Scope, Filter] = {}
+        for sub in self._subs.values():
+            if not sub.active:
+                continue
+            if sub.head is None:
+                return None
+            if sub.filter is None:
+                continue
+            scope = _scope(sub.head)
+            if scope in filtered:
+                return None
+            filtered[scope] = sub.filter
+        return filtered
 
     # -- inbound frames ------------------------------------------------------------------------
 
@@ -940,15 +970,19 @@ class SessionCore:
         if self.state not in _DELIVERING:
             return []
         event = result.event
-        ack = Ack(
-            id=request_id,
-            channel=event.record.key.name,
-            message_id=event.record.message_id,
-            epoch=event.epoch,
-            offset=event.offset,
-            duplicate=result.duplicate,
-        )
-        return [_send(ack)]
+        record = event.record
+        return [
+            Send(
+                encode_ack(
+                    request_id,
+                    record.key.name,
+                    record.message_id,
+                    event.epoch,
+                    event.offset,
+                    result.duplicate,
+                )
+            )
+        ]
 
     def publish_failed(self, request_id: str, error: ReplyError) -> list[Action]:
         """The broker could not sequence the publish; nothing was sequenced (UNI-PUB)."""
@@ -982,6 +1016,16 @@ class SessionCore:
                     self._epoch_gap(scope, position[0], position[1] - 1)
             self._last[scope] = position
             return True
+        filtered = self._filtered
+        if filtered is not None and view.untargeted and now_ms < self._deliver_until:
+            # Only exact subscriptions, none being set up: one filter decides, if any (UNI-DEL).
+            flt = filtered.get(scope)
+            if flt is None:
+                return False
+            facts = view.prepared.event
+            return evaluate(flt, facts.event_type, facts.attrs) and self._fresh_at(
+                scope, view.position
+            )
         active = self._active_view
         pending = self._pending_view
         if active is None and pending is None:
