@@ -79,6 +79,24 @@ def test_collector_churn_scales_with_open_connections() -> None:
     assert collector.settle() is True
 
 
+def test_collector_collects_frozen_cycles_after_the_full_interval_without_churn() -> None:
+    """Garbage that no closed connection accounts for is freed within the full interval."""
+    now = [0.0]
+    collector = Collector(lambda: 10, lambda: 0, full_interval_s=600, clock=lambda: now[0])
+    first, second = _Node(), _Node()
+    first.other, second.other = second, first
+    gone = weakref.ref(first)
+    collector.settle()
+    del first, second
+    now[0] = 599.9
+    assert collector.settle() is False
+    assert gone() is not None
+    now[0] = 600.0
+    assert collector.settle() is True
+    assert gone() is None
+    assert collector.settle() is False  # the interval counts from the last full collection
+
+
 @asynctest
 async def test_server_connection_state_leaves_the_collected_generations() -> None:
     """An open connection's session is frozen by the next settle; its close is counted."""

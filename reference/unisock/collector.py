@@ -17,7 +17,9 @@ connection leaves one (some 20 objects: websockets keeps its parser's last excep
 traceback refers back to the parser). Once the connections closed since the last full
 collection number half of those open, and at least :data:`CHURN_FLOOR`, the node collects
 everything once and freezes again: the long pause comes with connection churn (a
-reconnection storm, a deploy), not with traffic.
+reconnection storm, a deploy), not with traffic. Cycles of other origins have no such count,
+so a full collection also runs at least every :data:`FULL_INTERVAL_S`: whatever garbage
+hides among frozen objects lives that long at most.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import time
 from collections.abc import Callable
 
-__all__ = ["CHURN_FLOOR", "SETTLE_INTERVAL_S", "Collector"]
+__all__ = ["CHURN_FLOOR", "FULL_INTERVAL_S", "SETTLE_INTERVAL_S", "Collector"]
 
 SETTLE_INTERVAL_S = 0.1
 """How often survivors are frozen. A settle walks what was made since the last one that is
@@ -37,6 +40,11 @@ or two every tenth of a second, where settling every second paused for ten."""
 CHURN_FLOOR = 500
 """Closed connections since the last full collection below which none is made, however few
 are open: their garbage (a few KiB each) waits for more company."""
+
+
+FULL_INTERVAL_S = 600.0
+"""The longest time between two full collections, churn or not: one pause of some 30 ms per
+1,000 connections every ten minutes bounds the memory that frozen garbage can hold."""
 
 
 class Collector:
@@ -53,22 +61,28 @@ class Collector:
         *,
         interval_s: float = SETTLE_INTERVAL_S,
         churn_floor: int = CHURN_FLOOR,
+        full_interval_s: float = FULL_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._open = open_connections
         self._closed = closed_connections
         self.interval_s = interval_s
         self.churn_floor = churn_floor
+        self.full_interval_s = full_interval_s
+        self._clock = clock
         self._closed_at_full = closed_connections()
+        self._full_at = clock()
         self._task: asyncio.Task[None] | None = None
 
     def settle(self) -> bool:
-        """Collect and freeze what survived since the last settle; returns ``True`` when the
-        churn asked for a full collection of the frozen objects too."""
-        closed = self._closed()
+        """Collect and freeze what survived since the last settle; returns ``True`` when churn
+        or time asked for a full collection of the frozen objects too."""
+        closed, now = self._closed(), self._clock()
         full = closed - self._closed_at_full >= max(self.churn_floor, self._open() // 2)
-        if full:
+        if full or now - self._full_at >= self.full_interval_s:
+            full = True
             gc.unfreeze()
-            self._closed_at_full = closed
+            self._closed_at_full, self._full_at = closed, now
         gc.collect()
         gc.freeze()
         return full
