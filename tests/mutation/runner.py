@@ -290,7 +290,7 @@ def run_mutants(
         )
         units: list[str] | None = None
         if covered is not None:
-            units = units_reaching(mutant, covered)
+            units = units_reaching(mutant, covered, target.root)
             outcome.units = units
             if not units:
                 outcome.covered = False
