@@ -321,6 +321,8 @@ def markdown(data: dict[str, Any], figs: dict[str, Any], rat: dict[str, float]) 
         "behind, or a delivery was missing). Ratios compare medians of this invocation.",
         "",
     ]
+    if data.get("notes"):
+        lines += [*data["notes"], ""]  # what a reader of these figures must know besides
     if data.get("truncated"):
         lines += [
             "Fewer repeats than planned, out of time: "
