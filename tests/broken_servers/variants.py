@@ -428,6 +428,7 @@ def filter_ignored() -> None:
         return True
 
     _replace(delivery, "evaluate", evaluate)
+    _replace(session, "evaluate", evaluate)  # the session's own path for all-exact connections
 
 
 def delivery_after_expiry() -> None:
