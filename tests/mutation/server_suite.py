@@ -15,7 +15,12 @@ run's (0: every MUST that ran passed in every deployment). The deployments:
   ``tests/test_redis_conformance.py`` resets with FLUSHALL, the loss of Redis's data),
   SIGSTOP/SIGCONT of Redis as outage and recovery, and the second node's URL. Only a broker
   that can fail, yield or lose events reaches the server's paths for those, and only
-  several nodes reach the cross-node rules.
+  several nodes reach the cross-node rules;
+- ``idle-discard``: one server with the matrix configuration ``idle-discard``
+  (``tests/matrix/idle-discard.toml``): a short history age and ``discard_idle_channels``.
+  Only its checks of discarded idle state run there (``IDLE_DISCARD_CHECKS``, in
+  ``test_security``): everywhere else they are skipped for time or not applicable, and every
+  other check already ran against the first two deployments.
 
 A campaign runs niced beside other work, so the server's heartbeat is slower than in that
 configuration (``HEARTBEAT``): a starved test client must not be cut as a dead peer, which
@@ -43,10 +48,15 @@ __all__ = ["DEPLOYMENTS", "UNITS", "keyword", "main"]
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "conformance" / "reference-server.toml"
+IDLE_DISCARD_CONFIG = ROOT / "tests" / "matrix" / "idle-discard.toml"
+IDLE_DISCARD_UNIT = "test_security"
+IDLE_DISCARD_CHECKS = "idle_channel_state or discarded_channel_state"
+"""The checks that need idle channel state discarded within a quick run (UNI-SEC-14,
+UNI-DEL-35): the only ones the ``idle-discard`` deployment runs."""
 CHECKS = ROOT / "conformance" / "unisock_conformance" / "checks"
 SECRET = "mutation-campaign-secret-0123456789abcdef"
 SEED = "1"
-DEPLOYMENTS = ("memory", "redis")
+DEPLOYMENTS = ("memory", "redis", "idle-discard")
 STARTUP_S = 30.0
 STOP_S = 20.0
 HEARTBEAT = {"heartbeat_interval_ms": 1000, "heartbeat_timeout_ms": 2000}
@@ -83,7 +93,12 @@ def _ready_url(proc: subprocess.Popen[str], timeout: float) -> str:
 
 
 def _suite(
-    url: str, hooks: Sequence[str], scale: float, units: Sequence[str] | None, first: bool
+    url: str,
+    hooks: Sequence[str],
+    scale: float,
+    units: Sequence[str] | None,
+    first: bool,
+    checks: str | None = None,
 ) -> int:
     """One in-process run of the server suite; exit status (with ``first``: stop early)."""
     import pytest
@@ -94,7 +109,9 @@ def _suite(
         argv = ["server", url, "--secret", SECRET, "--profile", "quick"]
         argv += ["--seed", SEED, "--time-scale", str(scale), "--report-dir", reports]
         argv += [*hooks, "--coalescing-channel", "coal.test", "--example-event-types"]
-        if units is not None:
+        if checks is not None:
+            argv += ["-k", checks]
+        elif units is not None:
             argv += ["-k", keyword(units) if units else "<no unit>"]
         args = build_parser().parse_args(argv)
         status = int(pytest.main([*pytest_args(args), *(["-x"] if first else [])]))
@@ -106,10 +123,12 @@ def _suite(
     return status
 
 
-def _config(folder: Path, heartbeat: dict[str, int] = HEARTBEAT) -> Path:
-    """The conformance configuration with the campaign's heartbeat."""
+def _config(
+    folder: Path, heartbeat: dict[str, int] = HEARTBEAT, source: Path = CONFIG
+) -> Path:
+    """A server configuration (the conformance one by default) with the campaign's heartbeat."""
     lines = []
-    for line in CONFIG.read_text("utf-8").splitlines():
+    for line in source.read_text("utf-8").splitlines():
         name = line.split("=", 1)[0].strip()
         lines.append(f"{name} = {heartbeat[name]}" if name in heartbeat else line)
     path = folder / "server.toml"
@@ -122,6 +141,11 @@ def _run(deployment: str, scale: float, units: Sequence[str] | None, first: bool
         if deployment == "redis":
             config = _config(Path(folder), REDIS_HEARTBEAT)
             return _nodes_and_judge(config, Path(folder), scale, units, first)
+        if deployment == "idle-discard":
+            if units is not None and IDLE_DISCARD_UNIT not in units:
+                return 0  # none of its checks is among the units asked for
+            config = _config(Path(folder), source=IDLE_DISCARD_CONFIG)
+            return _serve_and_judge(config, scale, units, first, IDLE_DISCARD_CHECKS)
         return _serve_and_judge(_config(Path(folder)), scale, units, first)
 
 
@@ -152,7 +176,13 @@ def _nodes_and_judge(
                 node.stop()  # SIGINT: a clean exit writes the node's coverage data
 
 
-def _serve_and_judge(config: Path, scale: float, units: Sequence[str] | None, first: bool) -> int:
+def _serve_and_judge(
+    config: Path,
+    scale: float,
+    units: Sequence[str] | None,
+    first: bool,
+    checks: str | None = None,
+) -> int:
     command = [sys.executable, "-c", "from unisock.cli import main; main()", "serve"]
     command += ["--port", "0", "--secret", SECRET, "--config", str(config)]
     command += ["--log-level", "CRITICAL"]
@@ -166,7 +196,7 @@ def _serve_and_judge(config: Path, scale: float, units: Sequence[str] | None, fi
             return 3
         hooks = ["--drain-command", f"kill -TERM {proc.pid}"]
         hooks += ["--reset-command", f"kill -HUP {proc.pid}"]
-        return _suite(url, hooks, scale, units, first)
+        return _suite(url, hooks, scale, units, first, checks)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)  # a clean exit writes the server's coverage data

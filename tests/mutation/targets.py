@@ -111,9 +111,9 @@ def _server_units(scale: float) -> list[str]:
 
 
 def server_target(modules: tuple[str, ...] = SERVER_MODULES) -> Target:
-    """The reference server, judged by the quick server suite in its two deployments (in-memory
-    broker, then two nodes on Redis); a unit is one check module, run against servers started
-    from the mutated package."""
+    """The reference server, judged by the quick server suite in its three deployments
+    (in-memory broker, two nodes on Redis, idle channel state discarded); a unit is one check
+    module, run against servers started from the mutated package."""
     return Target(
         name="server",
         package="reference/unisock",
