@@ -123,9 +123,7 @@ def _suite(
     return status
 
 
-def _config(
-    folder: Path, heartbeat: dict[str, int] = HEARTBEAT, source: Path = CONFIG
-) -> Path:
+def _config(folder: Path, heartbeat: dict[str, int] = HEARTBEAT, source: Path = CONFIG) -> Path:
     """A server configuration (the conformance one by default) with the campaign's heartbeat."""
     lines = []
     for line in source.read_text("utf-8").splitlines():
