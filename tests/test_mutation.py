@@ -235,21 +235,23 @@ def test_server_launcher_gives_the_redis_deployment_every_operator_hook(
 
 
 @pytest.mark.slow
-def test_server_launcher_runs_the_discard_checks_in_the_idle_discard_deployment(
+def test_server_launcher_runs_the_checks_of_other_settings_in_the_settings_deployment(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Elsewhere the checks of discarded idle state are skipped for time: in the
-    ``idle-discard`` deployment both must pass, and it runs nothing for other units."""
+    """Elsewhere the checks of discarded idle state are skipped for time and those of a
+    required ``iss`` and ``aud`` are not applicable: in the ``settings`` deployment they must
+    pass, and it runs nothing for other units."""
     from tests.mutation.server_suite import main as launch
 
     monkeypatch.setenv("UNISOCK_TIME_SCALE", os.environ.get("UNISOCK_TIME_SCALE", "1"))
-    assert launch(["--deployments", "idle-discard", "-k", "test_smoke"]) == 0
+    assert launch(["--deployments", "settings", "-k", "test_smoke"]) == 0
     assert "Verdict" not in capsys.readouterr().out  # no server, no suite
-    status = launch(["--deployments", "idle-discard", "-k", "test_security"])
+    status = launch(["--deployments", "settings", "-k", "test_security", "-k", "test_auth"])
     shown = capsys.readouterr().out
     assert status == 0, shown[-3000:]
     rows = {line.split()[0]: line.split()[1:] for line in shown.splitlines() if line.strip()}
     assert rows["security"] == ["2", "pass"], shown[-3000:]
+    assert rows["auth"] == ["2", "pass"], shown[-3000:]
 
 
 def test_a_mutant_inside_a_statement_of_several_lines_is_reached_through_its_first_line(

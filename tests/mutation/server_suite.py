@@ -16,11 +16,12 @@ run's (0: every MUST that ran passed in every deployment). The deployments:
   SIGSTOP/SIGCONT of Redis as outage and recovery, and the second node's URL. Only a broker
   that can fail, yield or lose events reaches the server's paths for those, and only
   several nodes reach the cross-node rules;
-- ``idle-discard``: one server with the matrix configuration ``idle-discard``
-  (``tests/matrix/idle-discard.toml``): a short history age and ``discard_idle_channels``.
-  Only its checks of discarded idle state run there (``IDLE_DISCARD_CHECKS``, in
-  ``test_security``): everywhere else they are skipped for time or not applicable, and every
-  other check already ran against the first two deployments.
+- ``settings``: one server with the settings no other deployment has: the matrix
+  configuration ``idle-discard`` (``tests/matrix/idle-discard.toml``: a short history age,
+  ``discard_idle_channels``) plus a required issuer and audience. Only the checks that need
+  those settings run there (``SETTINGS_CHECKS``: discarded idle state in ``test_security``,
+  ``iss`` and ``aud`` in ``test_auth``): everywhere else they are skipped for time or not
+  applicable, and every other check already ran against the first two deployments.
 
 A campaign runs niced beside other work, so the server's heartbeat is slower than in that
 configuration (``HEARTBEAT``): a starved test client must not be cut as a dead peer, which
@@ -48,15 +49,19 @@ __all__ = ["DEPLOYMENTS", "UNITS", "keyword", "main"]
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "conformance" / "reference-server.toml"
-IDLE_DISCARD_CONFIG = ROOT / "tests" / "matrix" / "idle-discard.toml"
-IDLE_DISCARD_UNIT = "test_security"
-IDLE_DISCARD_CHECKS = "idle_channel_state or discarded_channel_state"
-"""The checks that need idle channel state discarded within a quick run (UNI-SEC-14,
-UNI-DEL-35): the only ones the ``idle-discard`` deployment runs."""
+SETTINGS_CONFIG = ROOT / "tests" / "matrix" / "idle-discard.toml"
+ISSUER, AUDIENCE = "https://id.campaign.test", "unisock-campaign"
+SETTINGS_CHECKS = {
+    "test_security": "idle_channel_state or discarded_channel_state",
+    "test_auth": "issuer or audience",
+}
+"""By unit, the checks that only the ``settings`` deployment runs: idle channel state
+discarded within a quick run (UNI-SEC-14, UNI-DEL-35), a required ``iss`` and ``aud``
+(UNI-AUTH-12, UNI-AUTH-13)."""
 CHECKS = ROOT / "conformance" / "unisock_conformance" / "checks"
 SECRET = "mutation-campaign-secret-0123456789abcdef"
 SEED = "1"
-DEPLOYMENTS = ("memory", "redis", "idle-discard")
+DEPLOYMENTS = ("memory", "redis", "settings")
 STARTUP_S = 30.0
 STOP_S = 20.0
 HEARTBEAT = {"heartbeat_interval_ms": 1000, "heartbeat_timeout_ms": 2000}
@@ -139,11 +144,16 @@ def _run(deployment: str, scale: float, units: Sequence[str] | None, first: bool
         if deployment == "redis":
             config = _config(Path(folder), REDIS_HEARTBEAT)
             return _nodes_and_judge(config, Path(folder), scale, units, first)
-        if deployment == "idle-discard":
-            if units is not None and IDLE_DISCARD_UNIT not in units:
+        if deployment == "settings":
+            wanted = [c for u, c in SETTINGS_CHECKS.items() if units is None or u in units]
+            if not wanted:
                 return 0  # none of its checks is among the units asked for
-            config = _config(Path(folder), source=IDLE_DISCARD_CONFIG)
-            return _serve_and_judge(config, scale, units, first, IDLE_DISCARD_CHECKS)
+            config = _config(Path(folder), source=SETTINGS_CONFIG)
+            with config.open("a", encoding="utf-8") as extra:
+                extra.write(f'\n[auth]\nissuer = "{ISSUER}"\naudience = "{AUDIENCE}"\n')
+            checks = " or ".join(f"({c})" for c in wanted)
+            issued = ["--issuer", ISSUER, "--audience", AUDIENCE]
+            return _serve_and_judge(config, scale, units, first, checks, issued)
         return _serve_and_judge(_config(Path(folder)), scale, units, first)
 
 
@@ -180,6 +190,7 @@ def _serve_and_judge(
     units: Sequence[str] | None,
     first: bool,
     checks: str | None = None,
+    extra_hooks: Sequence[str] = (),
 ) -> int:
     command = [sys.executable, "-c", "from unisock.cli import main; main()", "serve"]
     command += ["--port", "0", "--secret", SECRET, "--config", str(config)]
@@ -193,7 +204,7 @@ def _serve_and_judge(
             print("the server did not start", file=sys.stderr)
             return 3
         hooks = ["--drain-command", f"kill -TERM {proc.pid}"]
-        hooks += ["--reset-command", f"kill -HUP {proc.pid}"]
+        hooks += ["--reset-command", f"kill -HUP {proc.pid}", *extra_hooks]
         return _suite(url, hooks, scale, units, first, checks)
     finally:
         if proc.poll() is None:

@@ -112,7 +112,7 @@ def _server_units(scale: float) -> list[str]:
 
 def server_target(modules: tuple[str, ...] = SERVER_MODULES) -> Target:
     """The reference server, judged by the quick server suite in its three deployments
-    (in-memory broker, two nodes on Redis, idle channel state discarded); a unit is one check
+    (in-memory broker, two nodes on Redis, settings no other has); a unit is one check
     module, run against servers started from the mutated package."""
     return Target(
         name="server",

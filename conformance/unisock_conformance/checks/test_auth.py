@@ -437,24 +437,30 @@ def test_server_rejects_token_with_absent_or_other_issuer(
     require_secret(deployment)
     issuer = _configured_claim(deployment, names, "iss")
     claims = deployment.claims(names.tenant(), names.user())
-    claims["iss"] = str(issuer) + ".evil.test"
+    claims["iss"] = str(issuer) + ".evil.test"  # a prefix test would accept it
     _assert_rejected(connect, deployment.sign(claims), "other iss")
     claims.pop("iss")
     _assert_rejected(connect, deployment.sign(claims), "no iss")
 
 
-@pytest.mark.requirement("UNI-AUTH-13")
+@pytest.mark.requirement("UNI-AUTH-13", "UNI-AUTH-14")
 def test_server_rejects_token_with_absent_or_other_audience(
     connect: Connect, deployment: Deployment, names: Names
 ) -> None:
     require_secret(deployment)
     audience = _configured_claim(deployment, names, "aud")
     claims = deployment.claims(names.tenant(), names.user())
-    claims["aud"] = ["someone-else"]
-    _assert_rejected(connect, deployment.sign(claims), "other aud")
+    # Both forms of ``aud``, each with another audience and with one that merely starts with
+    # the configured one (a substring test would accept that).
+    longer = f"{audience}.other"
+    for other in ("someone-else", ["someone-else"], longer, [longer]):
+        claims["aud"] = other
+        _assert_rejected(connect, deployment.sign(claims), f"aud {other!r}")
     claims.pop("aud")
     _assert_rejected(connect, deployment.sign(claims), "no aud")
-    assert audience
+    # An array that contains the audience among others passes the check (UNI-AUTH-14).
+    claims["aud"] = ["someone-else", audience]
+    _accepted(connect, deployment.sign(claims)).close()
 
 
 @pytest.mark.requirement("UNI-AUTH-14")
