@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -252,6 +253,29 @@ def test_server_launcher_runs_the_checks_of_other_settings_in_the_settings_deplo
     rows = {line.split()[0]: line.split()[1:] for line in shown.splitlines() if line.strip()}
     assert rows["security"] == ["2", "pass"], shown[-3000:]
     assert rows["auth"] == ["2", "pass"], shown[-3000:]
+
+
+@pytest.mark.slow
+def test_server_launcher_fails_a_server_graded_conforming_non_strict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that never discards idle channel state breaks a SHOULD (UNI-SEC-14) only: the
+    suite says so in its verdict, and the campaign counts that as caught."""
+    from tests.mutation.server_suite import NON_STRICT
+    from tests.mutation.server_suite import main as launch
+
+    copy = tmp_path / "unisock"
+    shutil.copytree(ROOT / "reference" / "unisock", copy, symlinks=False)
+    broker = copy / "memory_broker.py"
+    text = broker.read_text("utf-8")
+    assert text.count("        self.touched = now\n") == 1
+    broker.write_text(text.replace("        self.touched = now\n", "        pass\n"), "utf-8")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("UNISOCK_TIME_SCALE", os.environ.get("UNISOCK_TIME_SCALE", "1"))
+    status = launch(["--deployments", "settings", "-k", "test_security"])
+    shown = capsys.readouterr()
+    assert status == NON_STRICT, shown.out[-3000:]
+    assert "non-strict" in shown.err
 
 
 def test_a_mutant_inside_a_statement_of_several_lines_is_reached_through_its_first_line(
