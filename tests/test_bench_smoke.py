@@ -6,10 +6,12 @@ a memory figure: those depend on the machine and belong in ``bench/results``.
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -18,6 +20,38 @@ from redis_support import require_redis_server
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 MACHINE_FIELDS = {"cpu_model", "python", "websockets", "unisock"}
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    """``bench`` lives beside ``tests/`` and is not installed: imported from this checkout."""
+    if str(BENCH.parent) not in sys.path:
+        sys.path.insert(0, str(BENCH.parent))
+    importlib.import_module("bench.load")
+    return importlib.import_module("bench.suite")
+
+
+def test_expected_deliveries_owe_each_subscription_its_own_rooms_events(bench: ModuleType) -> None:
+    """Untyped publishes are counted per room: a connection in some rooms is owed their events
+    only, not every event published (scenario 2's rooms, where no one is in every room)."""
+    specs = [
+        ("t0", "u0", [("t0.c0", None), ("t0.c1", None)]),
+        ("t0", "u1", [("t0.c1", None), ("t0.c2", None)]),
+        ("t1", "u2", [("t1.c0", None)]),
+    ]
+    published = {"t0.c0": 3, "t0.c1": 5, "t0.c2": 7, "t1.c0": 11, "t1.c1": 13}
+    assert bench.expected_deliveries(specs, published) == (3 + 5) + (5 + 7) + 11
+    # One room, everyone in it (scenario 3): every event at every subscriber.
+    one = [("bench", f"u{i}", [("bench.room", None)]) for i in range(4)]
+    assert bench.expected_deliveries(one, {"bench.room": 9}) == 4 * 9
+
+
+def test_expected_deliveries_of_typed_events_leave_low_priority_to_unfiltered(
+    bench: ModuleType,
+) -> None:
+    specs = [("t0", "u0", [("t0.c0", {"eq": ["prio", "high"]}), ("t0.c1", None)])]
+    published = {"t0.c0|high": 2, "t0.c0|low": 3, "t0.c1|high": 5, "t0.c1|low": 7}
+    assert bench.expected_deliveries(specs, published) == 2 + 5 + 7
 
 
 def _run(script: str, out: Path, *args: str) -> dict[str, Any]:
