@@ -70,7 +70,8 @@ def one_line(scenario: str, r: dict[str, Any]) -> str:
         return (
             f"p50 {lat['p50']:.2f} p99 {lat['p99']:.2f} p99.9 {lat['p99.9']:.2f} ms, "
             f"{r['cpu_s_per_million']} s CPU / 1M, {r['publishes_per_s']}/s, "
-            f"cross-tenant {r['cross_tenant']}, {r['delivered_total']}/{r['expected_deliveries']}, "
+            f"cross-tenant {_fmt(r['cross_tenant'])}, "
+            f"{r['delivered_total']}/{r['expected_deliveries']}, "
             f"lost connections {r.get('connections_lost', 0)}"
             f"{mark}"
         )

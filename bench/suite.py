@@ -617,7 +617,10 @@ def _paced(
         "expected_deliveries": expected,
         "delivered_total": total,
         "refused_publishes": report.get("refused", {}),
-        "cross_tenant": sum(r.get("cross_tenant", 0) for r in reports),
+        # A Socket.IO event names no room: nothing to check the tenant against.
+        "cross_tenant": None
+        if peer.wire == "sio"
+        else sum(r.get("cross_tenant", 0) for r in reports),
         "connections_lost": sum(r.get("lost", 0) for r in reports),
         "server_cpu_s": round(cpu, 3),
         "cpu_s_per_million": round(cpu / got * 1e6, 3) if got else None,

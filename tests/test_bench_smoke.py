@@ -54,6 +54,16 @@ def test_expected_deliveries_of_typed_events_leave_low_priority_to_unfiltered(
     assert bench.expected_deliveries(specs, published) == 2 + 5 + 7
 
 
+def test_probes_check_the_tenant_of_raw_room_events(bench: ModuleType) -> None:
+    """A raw event names its room, which starts with the tenant: the check applies."""
+    load, h = sys.modules["bench.load"], sys.modules["bench._harness"]
+    probe = load._Probe(h.Tally(lambda _count: None))
+    on_payload = probe.handler(b"t1.")
+    for room in ("t1.c0", "t10.c0", "t1.c9"):
+        on_payload(load._raw_event(room, load.payload(5, 0)).encode(), 12)
+    assert probe.cross_tenant == 1 and probe.samples == [7, 7, 7]
+
+
 def _run(script: str, out: Path, *args: str) -> dict[str, Any]:
     completed = subprocess.run(
         [sys.executable, str(BENCH / script), "--repeat", "1", "--out", str(out), *args],
