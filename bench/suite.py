@@ -507,6 +507,13 @@ def tenants_layout(size: dict[str, Any]) -> tuple[list[load.Spec], list[tuple[st
     return specs, channels
 
 
+def rooms_layout(size: dict[str, Any]) -> tuple[list[load.Spec], list[tuple[str, str]]]:
+    """Scenario 2's connections in the same rooms, every subscription unfiltered: its shape
+    (many small rooms, each delivery alone) without what only Unisock does."""
+    specs, channels = tenants_layout(size)
+    return [(tenant, sub, [(c, None) for c, _ in subs]) for tenant, sub, subs in specs], channels
+
+
 def expected_deliveries(specs: list[load.Spec], published: dict[str, int]) -> int:
     """Deliveries owed for ``published``: counts per ``channel|prio`` (typed events, whose
     ``prio`` the filters match) or per ``channel`` (untyped, which only unfiltered
@@ -532,6 +539,19 @@ def filtered(
     }
     rate, seconds = size["s2_rate"], size["s2_seconds"]
     return _paced(peer, env, size, specs, channels, config, rate, seconds, True, 1, profile=profile)
+
+
+def rooms(
+    peer: Peer, env: Env, size: dict[str, Any], profile: Path | None = None
+) -> dict[str, Any]:
+    """Scenario 2's shape for every peer: the same rooms, rate and probes, untyped events
+    published round-robin over the rooms, no filters."""
+    specs, channels = rooms_layout(size)
+    config = {**UNISOCK_BASE, "max_connections_per_user": 10}
+    rate, seconds = size["s2_rate"], size["s2_seconds"]
+    return _paced(
+        peer, env, size, specs, channels, config, rate, seconds, False, 1, profile=profile
+    )
 
 
 # --- scenario 3: latency under load ------------------------------------------------------------
@@ -625,6 +645,7 @@ def _paced(
         "server_cpu_s": round(cpu, 3),
         "cpu_s_per_million": round(cpu / got * 1e6, 3) if got else None,
         "server_cpu_share": round(cpu / wall, 3),
+        "deliveries_per_s": round(got / wall),
         "pace_ok": pace_ok,
         "latency_ms": {
             "samples": len(samples),

@@ -54,6 +54,21 @@ def test_expected_deliveries_of_typed_events_leave_low_priority_to_unfiltered(
     assert bench.expected_deliveries(specs, published) == 2 + 5 + 7
 
 
+def test_rooms_layout_is_scenario_2s_rooms_without_filters(bench: ModuleType) -> None:
+    size = {"s2_tenants": 3, "s2_channels": 10, "s2_connections": 60}
+    filtered, channels = bench.tenants_layout(size)
+    rooms, same = bench.rooms_layout(size)
+    assert same == channels
+    assert [(t, s, [c for c, _ in subs]) for t, s, subs in rooms] == [
+        (t, s, [c for c, _ in subs]) for t, s, subs in filtered
+    ]
+    assert any(f is not None for _, _, subs in filtered for _, f in subs)
+    assert all(f is None for _, _, subs in rooms for _, f in subs)
+    published = {channel: n + 1 for n, (_, channel) in enumerate(channels)}
+    owed = sum(published[c] for _, _, subs in rooms for c, _ in subs)
+    assert bench.expected_deliveries(rooms, published) == owed < sum(published.values()) * 60
+
+
 def test_probes_check_the_tenant_of_raw_room_events(bench: ModuleType) -> None:
     """A raw event names its room, which starts with the tenant: the check applies."""
     load, h = sys.modules["bench.load"], sys.modules["bench._harness"]
@@ -105,10 +120,11 @@ def test_suite_runs_every_scenario_and_writes_results_summary_and_plots(tmp_path
     data = json.loads((tmp_path / "suite.json").read_text())
     assert data["size"] == "tiny"
     assert set(data["machine"]) >= MACHINE_FIELDS
-    assert set(data["scenarios"]) == {"s1-4", "s1-4-1", "s2", "s3", "s4", "s5"}
+    assert list(data["scenarios"]) == ["s1-4", "s1-4-1", "s2", "s2-rooms", "s3", "s4", "s5"]
     assert set(data["scenarios"]["s1-4"]["peers"]) == {"floor", "unisock"}
     # Filters, tenants and resumption are Unisock's: only Unisock runs scenarios 2 and 5.
     assert set(data["scenarios"]["s2"]["peers"]) == {"unisock"}
+    assert set(data["scenarios"]["s2-rooms"]["peers"]) == {"floor", "unisock"}
     assert set(data["scenarios"]["s5"]["peers"]) == {"unisock"}
     for key, scenario in data["scenarios"].items():
         for peer, runs in scenario["peers"].items():
@@ -121,6 +137,11 @@ def test_suite_runs_every_scenario_and_writes_results_summary_and_plots(tmp_path
     # Counts, not timings: every filtered delivery arrived, none crossed a tenant.
     assert s2["delivered_total"] == s2["expected_deliveries"] > 0
     assert s2["cross_tenant"] == 0
+    for peer in ("floor", "unisock"):
+        (rooms,) = data["scenarios"]["s2-rooms"]["peers"][peer]
+        # Each connection is in 3 of its tenant's rooms: owed exactly those rooms' events.
+        assert rooms["delivered_total"] == rooms["expected_deliveries"] > 0, peer
+        assert rooms["cross_tenant"] == 0, peer
     (s4,) = data["scenarios"]["s4"]["peers"]["unisock"]
     assert s4["connections"] == 6
     (s5,) = data["scenarios"]["s5"]["peers"]["unisock"]
@@ -133,6 +154,9 @@ def test_suite_runs_every_scenario_and_writes_results_summary_and_plots(tmp_path
     summary = (tmp_path / "summary.md").read_text()
     assert "TINY SIZE" in summary and "| `unisock` |" in summary and "## Targets" in summary
     assert "other programs used at most" in summary
+    assert "## Scenario 2's rooms, every peer" in summary
+    assert "Scenario 2's rooms over scenario 1" in summary
+    assert "Scenario 2 over its rooms" in summary
 
 
 @pytest.mark.slow
