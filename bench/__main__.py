@@ -5,7 +5,7 @@
 - ``run`` runs the scenarios against every peer that is installed, interleaving the repeats,
   and writes ``bench/results/suite.json``, the plots and ``summary.md``;
 - ``report`` rewrites the summary and plots from ``suite.json``;
-- ``profile`` samples the reference server with py-spy during scenario 1.
+- ``profile`` samples the reference server with py-spy during scenario 1, 2 or ``s2-rooms``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "skip": {
             "s1-1000-1": ["unisock-uvloop"],
             "s1-5000": ["unisock-uvloop"],
+            "s2-rooms": ["unisock-uvloop"],
             "s4": ["unisock-uvloop"],
         },
         "s1_subscribers": [1000, 5000],
@@ -102,9 +103,10 @@ SIZES: dict[str, dict[str, Any]] = {
         "s4_settle_s": 0.0,
     },
 }
-SCENARIOS = ("s1", "s2", "s3", "s4", "s5")
+SCENARIOS = ("s1", "s2", "s2-rooms", "s3", "s4", "s5")
 UNISOCK_ONLY = {"s2", "s5"}
-"""Filters, tenants, typed events and resumption are Unisock's: the peers have no equivalent."""
+"""Filters, tenants, typed events and resumption are Unisock's: the peers have no equivalent.
+``s2-rooms``, scenario 2's rooms without them, runs on every peer."""
 
 
 def cmd_setup(_args: argparse.Namespace) -> int:
@@ -167,8 +169,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     }
     started = time.monotonic()
     for key in keys:
-        scenario, *shape = key.split("-")
-        subscribers = int(shape[0]) if scenario == "s1" else 0
+        scenario = report.kind(key)
+        shape = key.split("-")[1:] if scenario == "s1" else []
+        subscribers = int(shape[0]) if shape else 0
         window = int(shape[1]) if len(shape) > 1 else 32
         names = [
             n for n in _peer_names(args, scenario) if n not in size.get("skip", {}).get(key, ())
@@ -246,6 +249,8 @@ def _one(
         return suite.fanout(peer, env, size, subscribers, window=window)
     if scenario == "s2":
         return suite.filtered(peer, env, size)
+    if scenario == "s2-rooms":
+        return suite.rooms(peer, env, size)
     if scenario == "s3":
         return suite.latency(peer, env, size)
     if scenario == "s4":
@@ -270,9 +275,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
     peer = suite.peers()[args.peer]
     raw = args.out / f"profile-{args.label}.collapsed"
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.scenario == "s2":
-        result = suite.filtered(peer, env, size, profile=raw)
-        what = f"scenario 2 ({size['s2_connections']} connections, {size['s2_rate']} publishes/s)"
+    if args.scenario in ("s2", "s2-rooms"):
+        run = suite.filtered if args.scenario == "s2" else suite.rooms
+        result = run(peer, env, size, profile=raw)
+        name = "scenario 2" if args.scenario == "s2" else "scenario 2's rooms (s2-rooms)"
+        what = f"{name} ({size['s2_connections']} connections, {size['s2_rate']} publishes/s)"
     else:
         result = suite.fanout(peer, env, size, args.subscribers, profile=raw)
         what = f"scenario 1 ({args.subscribers} subscribers)"
@@ -298,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the scenarios")
     run.add_argument("--quick", action="store_true", help="the development size")
     run.add_argument("--size", choices=sorted(SIZES), default="full")
-    run.add_argument("--scenarios", default="", help="comma-separated subset of s1..s5")
+    run.add_argument(
+        "--scenarios", default="", help="comma-separated subset of " + ",".join(SCENARIOS)
+    )
     run.add_argument("--peers", default="", help="comma-separated subset of the peers")
     run.add_argument("--repeat", type=int, default=0, help="override the size's repeats")
     run.add_argument("--s1-subscribers", default="", help="override scenario 1's sizes: 1000,5000")
@@ -306,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("report", help="rewrite summary.md and the plots from suite.json")
     prof = sub.add_parser("profile", help="py-spy over scenario 1 of one peer")
     prof.add_argument("--peer", default="unisock")
-    prof.add_argument("--scenario", choices=("s1", "s2"), default="s1")
+    prof.add_argument("--scenario", choices=("s1", "s2", "s2-rooms"), default="s1")
     prof.add_argument("--subscribers", type=int, default=1000)
     prof.add_argument("--deliveries", type=int, default=1_000_000)
     prof.add_argument("--label", default="unisock")

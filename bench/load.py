@@ -495,7 +495,8 @@ async def _clients(
                 await set_up(conn, wire, spec)
                 conns.append(conn)
                 if mode == "probe" and index % probe_every == 0:
-                    prefix = (spec[0] + ".").encode() if wire == "unisock" else None
+                    # Unisock and raw events name their channel; Socket.IO's do not.
+                    prefix = (spec[0] + ".").encode() if wire != "sio" else None
                     conn.decode_with_arrival(probe.handler(prefix))
                 elif mode != "idle":
                     conn.start_counting(tally)

@@ -32,6 +32,12 @@ TARGETS = {
 }
 
 
+def kind(key: str) -> str:
+    """The scenario a key runs: ``s1-1000-1`` is scenario 1, ``s2-rooms`` a scenario of its
+    own (scenario 2's rooms on every peer)."""
+    return key if key == "s2-rooms" else key.split("-")[0]
+
+
 def machine() -> dict[str, Any]:
     info = h.machine_info()
     for package in ("python-socketio", "aiohttp", "uvloop", "redis"):
@@ -65,12 +71,13 @@ def one_line(scenario: str, r: dict[str, Any]) -> str:
             f"{r['cpu_s_per_million']:8.2f} s CPU / 1M deliveries, "
             f"{r['deliveries_per_s']:,} deliveries/s, load {r['load_util']:.2f}{mark}"
         )
-    if scenario in ("s2", "s3"):
+    if scenario in ("s2", "s2-rooms", "s3"):
         lat = r["latency_ms"]
         return (
             f"p50 {lat['p50']:.2f} p99 {lat['p99']:.2f} p99.9 {lat['p99.9']:.2f} ms, "
             f"{r['cpu_s_per_million']} s CPU / 1M, {r['publishes_per_s']}/s, "
-            f"cross-tenant {r['cross_tenant']}, {r['delivered_total']}/{r['expected_deliveries']}, "
+            f"cross-tenant {_fmt(r['cross_tenant'])}, "
+            f"{r['delivered_total']}/{r['expected_deliveries']}, "
             f"lost connections {r.get('connections_lost', 0)}"
             f"{mark}"
         )
@@ -94,6 +101,14 @@ FIGURES: dict[str, dict[str, Any]] = {
         "latency_ms.p50": "p50 ms",
         "latency_ms.p99": "p99 ms",
         "latency_ms.p99.9": "p99.9 ms",
+        "cross_tenant": "cross-tenant deliveries",
+    },
+    "s2-rooms": {
+        "cpu_s_per_million": "CPU s / 1M deliveries",
+        "latency_ms.p50": "p50 ms",
+        "latency_ms.p99": "p99 ms",
+        "latency_ms.p99.9": "p99.9 ms",
+        "deliveries_per_s": "deliveries/s",
         "cross_tenant": "cross-tenant deliveries",
     },
     "s3": {
@@ -124,10 +139,10 @@ def figures(data: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     """scenario key -> peer -> figure -> {median, min, max, valid_runs}."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for key, scenario in data["scenarios"].items():
-        kind = key.split("-")[0]
         out[key] = {
             peer: {
-                path: suite.summarise(runs, lambda r, p=path: _get(r, p)) for path in FIGURES[kind]
+                path: suite.summarise(runs, lambda r, p=path: _get(r, p))
+                for path in FIGURES[kind(key)]
             }
             | {"runs": {"total": len(runs)}}
             for peer, runs in scenario["peers"].items()
@@ -140,12 +155,17 @@ def _median(figs: dict[str, Any], key: str, peer: str, path: str) -> float | Non
     return None if value is None else float(value)
 
 
+COMPARED = {"s1": "cpu_s_per_million", "s2-rooms": "cpu_s_per_million", "s4": "kib_per_connection"}
+"""The figure compared across peers, per scenario."""
+
+
 def ratios(data: dict[str, Any], figs: dict[str, Any]) -> dict[str, float]:
-    """Unisock's figure over each peer's, within this run."""
+    """Unisock's figure over each peer's (``"KEY unisock/PEER"``), and one scenario's CPU per
+    delivery over another's for each peer that ran both (``"TOP/BASE PEER"``), within this run:
+    scenario 2 and its rooms over scenario 1, and scenario 2 over its rooms."""
     out: dict[str, float] = {}
     for key in figs:
-        kind = key.split("-")[0]
-        path = {"s1": "cpu_s_per_million", "s4": "kib_per_connection"}.get(kind)
+        path = COMPARED.get(kind(key))
         if path is None:
             continue
         mine = _median(figs, key, "unisock", path)
@@ -153,14 +173,27 @@ def ratios(data: dict[str, Any], figs: dict[str, Any]) -> dict[str, float]:
             theirs = _median(figs, key, peer, path)
             if mine and theirs and peer != "unisock":
                 out[f"{key} unisock/{peer}"] = round(mine / theirs, 3)
-    s1 = "s1-1000" if "s1-1000" in figs else next((k for k in figs if k.startswith("s1-")), None)
-    if s1 and "s2" in figs:
-        for base in (s1, f"{s1}-1"):
-            for peer in figs["s2"]:
-                a = _median(figs, "s2", peer, "cpu_s_per_million")
-                b = _median(figs, base, peer, "cpu_s_per_million")
-                if a and b:
-                    out[f"s2/{base} {peer}"] = round(a / b, 3)
+    s1 = _first_s1(figs)
+    if s1:
+        for top in ("s2", "s2-rooms"):
+            for base in (s1, f"{s1}-1"):
+                out |= _cpu_over(figs, top, base)
+    out |= _cpu_over(figs, "s2", "s2-rooms")
+    return out
+
+
+def _first_s1(figs: dict[str, Any]) -> str | None:
+    """Scenario 1's key that the other scenarios are compared with: 1,000 subscribers."""
+    return "s1-1000" if "s1-1000" in figs else next((k for k in figs if k.startswith("s1-")), None)
+
+
+def _cpu_over(figs: dict[str, Any], top: str, base: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for peer in figs.get(top, {}):
+        a = _median(figs, top, peer, "cpu_s_per_million")
+        b = _median(figs, base, peer, "cpu_s_per_million")
+        if a and b:
+            out[f"{top}/{base} {peer}"] = round(a / b, 3)
     return out
 
 
@@ -180,7 +213,7 @@ def _rests_on_invalid_runs(figs: dict[str, Any], key: str) -> bool:
 
 def targets(figs: dict[str, Any], rat: dict[str, float]) -> list[tuple[str, str, Any, bool | None]]:
     """(target, bound, measured, met) for every target of the issue this run can judge."""
-    s1 = "s1-1000" if "s1-1000" in figs else next((k for k in figs if k.startswith("s1-")), None)
+    s1 = _first_s1(figs)
     rows: list[tuple[str, str, Any, bool | None]] = []
 
     def ratio_row(label: str, key: str, bound: float) -> None:
@@ -247,6 +280,8 @@ TITLES = {
     "s1": "Scenario 1: fan-out, one room, {n} subscribers, {b}-byte events",
     "s2": "Scenario 2: multi-tenant filtered fan-out ({c} connections, 3 subscriptions each, "
     "20% filtered, {r} schema-validated publishes/s)",
+    "s2-rooms": "Scenario 2's rooms, every peer ({c} connections in 3 rooms each, no filters, "
+    "{r} untyped publishes/s round-robin over the rooms)",
     "s3": "Scenario 3: latency under load ({n} subscribers, {r} events/s)",
     "s4": "Scenario 4: idle capacity ({n} connections, 2 subscriptions each)",
     "s5": "Scenario 5: reconnect storm ({n} subscribers on {c} channels, {r} publishes/s, every "
@@ -292,6 +327,37 @@ def _other_work(data: dict[str, Any], loads: list[float], machine: dict[str, Any
     if loads and max(loads) > machine.get("cpu_count", 1):
         return " — the machine was busy with other work, so the figures are indicative only."
     return " (a quiet machine)."
+
+
+OVER = (
+    ("s2/s1", "Scenario 2 over scenario 1, CPU per delivery"),
+    (
+        "s2-rooms/s1",
+        "Scenario 2's rooms over scenario 1, CPU per delivery, not a target (what many rooms, "
+        "each delivery written alone, cost each peer)",
+    ),
+    (
+        "s2/s2-rooms",
+        "Scenario 2 over its rooms, CPU per delivery, not a target (what filters and typed "
+        "events add to that shape)",
+    ),
+)
+"""Ratio lines under the tables: keys of ``ratios`` starting with the prefix, and their label."""
+
+
+def _over_lines(rat: dict[str, float]) -> list[str]:
+    """One line per ``OVER`` entry that this run has, each ratio named by its base and peer."""
+    lines: list[str] = []
+    for prefix, label in OVER:
+        by_base: dict[str, list[str]] = {}
+        for key, value in rat.items():
+            pair, _, peer = key.partition(" ")
+            if pair.startswith(prefix):
+                by_base.setdefault(pair.split("/")[1], []).append(f"{peer} {value:.2f}x")
+        if by_base:
+            over = "; ".join(f"over `{b}`: " + ", ".join(v) for b, v in by_base.items())
+            lines += [f"{label}: {over}.", ""]
+    return lines
 
 
 def markdown(data: dict[str, Any], figs: dict[str, Any], rat: dict[str, float]) -> str:
@@ -348,22 +414,23 @@ def markdown(data: dict[str, Any], figs: dict[str, Any], rat: dict[str, float]) 
         lines.append(f"| {label_} | {bound} | {_fmt(value)} | {verdict} |")
     lines.append("")
     for key, peers in figs.items():
-        kind = key.split("-")[0]
-        n = key.split("-")[1] if kind == "s1" else None
-        title = TITLES[kind].format(
-            n=n or p.get(f"{kind}_subscribers", p.get("s4_connections")),
+        scenario = kind(key)
+        params = scenario[:2]  # s2-rooms runs with scenario 2's parameters
+        n = key.split("-")[1] if scenario == "s1" else None
+        title = TITLES[scenario].format(
+            n=n or p.get(f"{params}_subscribers", p.get("s4_connections")),
             b=p["event_bytes"],
-            c=p.get("s2_connections") if kind == "s2" else p.get("s5_channels"),
-            r=p.get(f"{kind}_rate"),
+            c=p.get("s2_connections") if params == "s2" else p.get("s5_channels"),
+            r=p.get(f"{params}_rate"),
         )
-        if kind == "s4":
+        if scenario == "s4":
             title = TITLES["s4"].format(n=p["s4_connections"])
-        if key.count("-") == 2:
+        if scenario == "s1" and key.count("-") == 2:
             title += ", one event in flight at a time (nothing to batch)"
-        elif kind == "s1":
+        elif scenario == "s1":
             title += ", up to 32 events in flight, injected 8 at a time"
         lines += [f"## {title}", ""]
-        columns = FIGURES[kind]
+        columns = FIGURES[scenario]
         lines.append("| peer | " + " | ".join(columns.values()) + " | valid runs |")
         lines.append("|---|" + "---:|" * len(columns) + "---|")
         for peer, cells in peers.items():
@@ -386,13 +453,9 @@ def markdown(data: dict[str, Any], figs: dict[str, Any], rat: dict[str, float]) 
                 + "."
             )
             lines.append("")
-        if kind in PLOTS and key in (f"s1-{p['s1_subscribers'][0]}", "s3", "s4", "s5"):
-            lines += [f"![{title}]({kind}.svg)", ""]
-    s2 = {k: v for k, v in rat.items() if k.startswith("s2/")}
-    if s2:
-        over = ", ".join(f"{k.split(' ')[1]} {v:.2f}x" for k, v in s2.items())
-        lines.append(f"Scenario 2 over scenario 1, CPU per delivery: {over}.")
-        lines.append("")
+        if scenario in PLOTS and key in (f"s1-{p['s1_subscribers'][0]}", "s3", "s4", "s5"):
+            lines += [f"![{title}]({scenario}.svg)", ""]
+    lines += _over_lines(rat)
     described = "; ".join(f"`{peer.name}`: {peer.what}" for peer in suite.peers().values())
     lines += [f"Peers: {described}.", ""]
     return "\n".join(lines)

@@ -6,10 +6,12 @@ a memory figure: those depend on the machine and belong in ``bench/results``.
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -18,6 +20,63 @@ from redis_support import require_redis_server
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 MACHINE_FIELDS = {"cpu_model", "python", "websockets", "unisock"}
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    """``bench`` lives beside ``tests/`` and is not installed: imported from this checkout."""
+    if str(BENCH.parent) not in sys.path:
+        sys.path.insert(0, str(BENCH.parent))
+    importlib.import_module("bench.load")
+    return importlib.import_module("bench.suite")
+
+
+def test_expected_deliveries_owe_each_subscription_its_own_rooms_events(bench: ModuleType) -> None:
+    """Untyped publishes are counted per room: a connection in some rooms is owed their events
+    only, not every event published (scenario 2's rooms, where no one is in every room)."""
+    specs = [
+        ("t0", "u0", [("t0.c0", None), ("t0.c1", None)]),
+        ("t0", "u1", [("t0.c1", None), ("t0.c2", None)]),
+        ("t1", "u2", [("t1.c0", None)]),
+    ]
+    published = {"t0.c0": 3, "t0.c1": 5, "t0.c2": 7, "t1.c0": 11, "t1.c1": 13}
+    assert bench.expected_deliveries(specs, published) == (3 + 5) + (5 + 7) + 11
+    # One room, everyone in it (scenario 3): every event at every subscriber.
+    one = [("bench", f"u{i}", [("bench.room", None)]) for i in range(4)]
+    assert bench.expected_deliveries(one, {"bench.room": 9}) == 4 * 9
+
+
+def test_expected_deliveries_of_typed_events_leave_low_priority_to_unfiltered(
+    bench: ModuleType,
+) -> None:
+    specs = [("t0", "u0", [("t0.c0", {"eq": ["prio", "high"]}), ("t0.c1", None)])]
+    published = {"t0.c0|high": 2, "t0.c0|low": 3, "t0.c1|high": 5, "t0.c1|low": 7}
+    assert bench.expected_deliveries(specs, published) == 2 + 5 + 7
+
+
+def test_rooms_layout_is_scenario_2s_rooms_without_filters(bench: ModuleType) -> None:
+    size = {"s2_tenants": 3, "s2_channels": 10, "s2_connections": 60}
+    filtered, channels = bench.tenants_layout(size)
+    rooms, same = bench.rooms_layout(size)
+    assert same == channels
+    assert [(t, s, [c for c, _ in subs]) for t, s, subs in rooms] == [
+        (t, s, [c for c, _ in subs]) for t, s, subs in filtered
+    ]
+    assert any(f is not None for _, _, subs in filtered for _, f in subs)
+    assert all(f is None for _, _, subs in rooms for _, f in subs)
+    published = {channel: n + 1 for n, (_, channel) in enumerate(channels)}
+    owed = sum(published[c] for _, _, subs in rooms for c, _ in subs)
+    assert bench.expected_deliveries(rooms, published) == owed < sum(published.values()) * 60
+
+
+def test_probes_check_the_tenant_of_raw_room_events(bench: ModuleType) -> None:
+    """A raw event names its room, which starts with the tenant: the check applies."""
+    load, h = sys.modules["bench.load"], sys.modules["bench._harness"]
+    probe = load._Probe(h.Tally(lambda _count: None))
+    on_payload = probe.handler(b"t1.")
+    for room in ("t1.c0", "t10.c0", "t1.c9"):
+        on_payload(load._raw_event(room, load.payload(5, 0)).encode(), 12)
+    assert probe.cross_tenant == 1 and probe.samples == [7, 7, 7]
 
 
 def _run(script: str, out: Path, *args: str) -> dict[str, Any]:
@@ -61,10 +120,11 @@ def test_suite_runs_every_scenario_and_writes_results_summary_and_plots(tmp_path
     data = json.loads((tmp_path / "suite.json").read_text())
     assert data["size"] == "tiny"
     assert set(data["machine"]) >= MACHINE_FIELDS
-    assert set(data["scenarios"]) == {"s1-4", "s1-4-1", "s2", "s3", "s4", "s5"}
+    assert list(data["scenarios"]) == ["s1-4", "s1-4-1", "s2", "s2-rooms", "s3", "s4", "s5"]
     assert set(data["scenarios"]["s1-4"]["peers"]) == {"floor", "unisock"}
     # Filters, tenants and resumption are Unisock's: only Unisock runs scenarios 2 and 5.
     assert set(data["scenarios"]["s2"]["peers"]) == {"unisock"}
+    assert set(data["scenarios"]["s2-rooms"]["peers"]) == {"floor", "unisock"}
     assert set(data["scenarios"]["s5"]["peers"]) == {"unisock"}
     for key, scenario in data["scenarios"].items():
         for peer, runs in scenario["peers"].items():
@@ -77,6 +137,11 @@ def test_suite_runs_every_scenario_and_writes_results_summary_and_plots(tmp_path
     # Counts, not timings: every filtered delivery arrived, none crossed a tenant.
     assert s2["delivered_total"] == s2["expected_deliveries"] > 0
     assert s2["cross_tenant"] == 0
+    for peer in ("floor", "unisock"):
+        (rooms,) = data["scenarios"]["s2-rooms"]["peers"][peer]
+        # Each connection is in 3 of its tenant's rooms: owed exactly those rooms' events.
+        assert rooms["delivered_total"] == rooms["expected_deliveries"] > 0, peer
+        assert rooms["cross_tenant"] == 0, peer
     (s4,) = data["scenarios"]["s4"]["peers"]["unisock"]
     assert s4["connections"] == 6
     (s5,) = data["scenarios"]["s5"]["peers"]["unisock"]
@@ -89,6 +154,9 @@ def test_suite_runs_every_scenario_and_writes_results_summary_and_plots(tmp_path
     summary = (tmp_path / "summary.md").read_text()
     assert "TINY SIZE" in summary and "| `unisock` |" in summary and "## Targets" in summary
     assert "other programs used at most" in summary
+    assert "## Scenario 2's rooms, every peer" in summary
+    assert "Scenario 2's rooms over scenario 1" in summary
+    assert "Scenario 2 over its rooms" in summary
 
 
 @pytest.mark.slow
