@@ -74,7 +74,7 @@ chaos: setup
 	$(PY) tests/chaos.py --duration $(CHAOS_SECONDS) --subscribers 4 --publishers 3
 
 # Peer benchmarks (bench/README.md): the Node peers and the bench extra, then every scenario
-# against every peer (about 20 minutes on a quiet machine); BENCH_ARGS=--quick for a short run.
+# against every peer (about 30 minutes on a quiet machine); BENCH_ARGS=--quick for a short run.
 BENCH_ARGS ?=
 bench-setup: setup
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
