@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from unisock_conformance.closes import REASON, reason_parameters, reason_problem
 from unisock_conformance.deployment import NOT_RUN_PREFIX, Deployment, Names, not_applicable
 from unisock_conformance.wire import Conn, ConnGroup, HandshakeRefused, open_conn
 
@@ -209,6 +210,32 @@ def test_server_closes_a_draining_connection_4300_no_earlier_than_window_ms(
         assert elapsed >= window / 1000 - tolerance, (
             f"{role} closed {elapsed * 1000:.0f} ms after drain, before window_ms {window}"
         )
+
+
+def _drain_closes(drained: Episode) -> dict[str, tuple[int, str]]:
+    """Code and reason of each close of the episode made with 4300 ``drain``."""
+    drained.subscriber.group.check()
+    closes = {role: close for role, close in drained.close.items() if close is not None}
+    found = {role: (code, reason) for role, (code, reason, _) in closes.items() if code == 4300}
+    if not found:
+        not_applicable("no connection of the episode was closed with 4300 (UNI-CLOSE-21 fails)")
+    return found
+
+
+@pytest.mark.requirement("UNI-CLOSE-9")
+def test_server_drain_close_reason_follows_the_grammar_and_names_drain(drained: Episode) -> None:
+    for role, (code, reason) in _drain_closes(drained).items():
+        problem = reason_problem(code, reason)
+        assert problem is None, f"{role}: {problem}"
+
+
+@pytest.mark.requirement("UNI-CLOSE-11")
+def test_server_names_window_ms_in_the_reason_of_a_drain_close(drained: Episode) -> None:
+    for role, (_code, reason) in _drain_closes(drained).items():
+        if REASON.fullmatch(reason) is None:
+            not_applicable(f"{role}: the reason {reason!r} breaks the grammar (UNI-CLOSE-9)")
+        window = reason_parameters(reason).get("window_ms")
+        assert window is not None, f"{role}: 4300 close reason {reason!r} carries no window_ms"
 
 
 @pytest.mark.requirement("UNI-LC-20")
