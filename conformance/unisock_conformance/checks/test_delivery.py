@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -227,6 +228,47 @@ def test_server_delivers_only_events_sequenced_after_the_subscription(
     events = bob.wait_events(lambda e: e["channel"] == channel, 3)
     assert [e["offset"] for e in events] == [a["offset"] for a in after]
     assert before["message_id"] not in {e["message_id"] for e in bob.events()}
+
+
+def _reply_to(message: Frame) -> Callable[[Frame], bool]:
+    return lambda frame: frame.get("id") == message["id"]
+
+
+@pytest.mark.requirement("UNI-DEL-18")
+def test_server_delivers_events_sequenced_while_a_first_subscription_is_set_up(
+    user: User, names: Names, server_info: ServerInfo
+) -> None:
+    """A subscription is set up between reading the channel's head and becoming active; on a
+    broker that yields (a network round trip), events are sequenced in between, and they are
+    owed like any later one. Connections that subscribe to nothing else join during a burst
+    from another connection, so that some set-up overlaps a publish."""
+    tenant, channel = names.tenant(), names.channel()
+    burst = int(server_info.limits.get("publish_rate", {}).get("burst", 100))
+    publisher = user(tenant, names.user(0))
+    joiners = [user(tenant, names.user(1 + index)) for index in range(12)]
+    messages = [
+        publisher.publish_message(channel, data={"i": index})
+        for index in range(max(5, min(40, burst - 5)))
+    ]
+
+    def send_all() -> None:
+        for message in messages:
+            publisher.send(message)
+
+    sender = threading.Thread(target=send_all)
+    sender.start()
+    heads = [joiner.subscribe(channel)["position"] for joiner in joiners]
+    sender.join()
+    acks = [publisher.expect("ack", where=_reply_to(message)) for message in messages]
+    last = max(ack["offset"] for ack in acks)
+    for index, (joiner, head) in enumerate(zip(joiners, heads, strict=True)):
+        owed = list(range(int(head["offset"]) + 1, last + 1))
+        events = joiner.wait_events(lambda e: e["channel"] == channel, len(owed)) if owed else []
+        got = [e["offset"] for e in events]
+        assert got == owed, (
+            f"joiner {index} subscribed at offset {head['offset']} and got {got}, "
+            f"not every offset up to {last}"
+        )
 
 
 @pytest.mark.requirement("UNI-DEL-12", "UNI-DEL-11")
