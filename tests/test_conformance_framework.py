@@ -353,11 +353,11 @@ def test_plugin_runs_drain_checks_last_and_grades_them_not_run_without_the_hook(
         for line in result.stdout.splitlines()
         if "::test_" in line and (" PASSED" in line or " SKIPPED" in line)
     ]
-    assert ran == [False] * 6 + [True] * 4, result.stdout  # cluster, smoke, then drain
+    assert ran == [False] * 6 + [True] * 6, result.stdout  # cluster, smoke, then drain
     report = _report(report_dir)
     tests = {t["id"].rsplit("::", 1)[-1]: t for t in report["tests"]}
     drain = [t for name, t in tests.items() if "drain" in name]
-    assert len(drain) == 4
+    assert len(drain) == 6
     # Under plain pytest, messages name the plugin's options.
     assert all(
         t["outcome"] == "not-run" and "needs --unisock-drain-command" in t["message"] for t in drain
