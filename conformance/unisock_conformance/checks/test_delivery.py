@@ -240,15 +240,15 @@ def test_server_delivers_events_sequenced_while_a_first_subscription_is_set_up(
 ) -> None:
     """A subscription is set up between reading the channel's head and becoming active; on a
     broker that yields (a network round trip), events are sequenced in between, and they are
-    owed like any later one. Connections that subscribe to nothing else join during a burst
-    from another connection, so that some set-up overlaps a publish."""
+    owed like any later one. Connections that subscribe to nothing else all ask during a
+    burst from another connection, so that their set-ups overlap its publishes."""
     tenant, channel = names.tenant(), names.channel()
     burst = int(server_info.limits.get("publish_rate", {}).get("burst", 100))
     publisher = user(tenant, names.user(0))
-    joiners = [user(tenant, names.user(1 + index)) for index in range(12)]
+    joiners = [user(tenant, names.user(1 + index)) for index in range(16)]
     messages = [
         publisher.publish_message(channel, data={"i": index})
-        for index in range(max(5, min(40, burst - 5)))
+        for index in range(max(8, min(40, burst - 5)))
     ]
 
     def send_all() -> None:
@@ -257,9 +257,21 @@ def test_server_delivers_events_sequenced_while_a_first_subscription_is_set_up(
 
     sender = threading.Thread(target=send_all)
     sender.start()
-    heads = [joiner.subscribe(channel)["position"] for joiner in joiners]
+    # Two waves: once the first ack is back, and again halfway, the rest of the burst is being
+    # sequenced, and a wave's joiners all ask at once, so that their set-ups overlap it.
+    waves = {0: joiners[:8], len(messages) // 2: joiners[8:]}
+    acks: list[Frame] = []
+    requests: list[Frame] = []
+    for index, message in enumerate(messages):
+        acks.append(publisher.expect("ack", where=_reply_to(message)))
+        for joiner in waves.get(index, []):
+            requests.append({"type": "subscribe", "id": joiner.next_id("s"), "channel": channel})
+            joiner.send(requests[-1])
     sender.join()
-    acks = [publisher.expect("ack", where=_reply_to(message)) for message in messages]
+    heads = [
+        joiner.expect("subscribed", where=_reply_to(request))["position"]
+        for joiner, request in zip(joiners, requests, strict=True)
+    ]
     last = max(ack["offset"] for ack in acks)
     for index, (joiner, head) in enumerate(zip(joiners, heads, strict=True)):
         owed = list(range(int(head["offset"]) + 1, last + 1))
