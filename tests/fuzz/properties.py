@@ -11,20 +11,13 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
-from unisock.schemas import SCHEMA_ROOT, validate_server_message
+from unisock.schemas import validate_server_message
+from unisock_conformance.closes import NAMES as CLOSE_NAMES
+from unisock_conformance.closes import reason_problem
 
 __all__ = ["CLOSE_NAMES", "check_close", "check_frame"]
-
-_REGISTRY = json.loads((SCHEMA_ROOT / "registries" / "close-codes.json").read_text("utf-8"))
-CLOSE_NAMES: dict[int, str] = {int(e["code"]): str(e["name"]) for e in _REGISTRY["codes"]}
-_INT = r"(?:0|[1-9][0-9]{0,15})"
-_REASON = re.compile(
-    rf"(?P<name>[a-z][a-z0-9_]*)"
-    rf"(?:;retry_after_ms={_INT}(?:;window_ms={_INT})?|;window_ms={_INT}(?:;retry_after_ms={_INT})?)?"
-)
 
 
 def check_frame(text: str) -> dict[str, Any]:
@@ -43,7 +36,5 @@ def check_close(code: int | None, reason: str, *, allowed: frozenset[int] | None
     assert code != 1000, "the server never closes with 1000: a client would not reconnect"
     if allowed is not None:
         assert code in allowed, f"close {code} {reason!r}, expected one of {sorted(allowed)}"
-    assert len(reason.encode()) <= 123, f"close reason over 123 octets: {reason!r}"
-    match = _REASON.fullmatch(reason)
-    assert match is not None, f"close {code}: reason {reason!r} does not follow the grammar"
-    assert match.group("name") == CLOSE_NAMES[code], f"reason {reason!r} for code {code}"
+    problem = reason_problem(code, reason)
+    assert problem is None, f"close {code}: {problem}"
