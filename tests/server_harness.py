@@ -382,6 +382,15 @@ async def http_get(
     host: str, port: int, path: str, headers: dict[str, str] | None = None
 ) -> tuple[int, str]:
     """A plain HTTP/1.1 GET (health, metrics, refused handshakes): status and body."""
+    status, _, body = await http_exchange(host, port, path, headers)
+    return status, body
+
+
+async def http_exchange(
+    host: str, port: int, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], str]:
+    """:func:`http_get` with the response's headers too (names lowercased), for the checks a
+    scraper or a load balancer makes before it reads the body."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), LIMIT)
     lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
     lines.extend(f"{name}: {value}" for name, value in (headers or {}).items())
@@ -392,8 +401,10 @@ async def http_get(
     with contextlib.suppress(ConnectionError):
         await writer.wait_closed()
     head, _, body = data.decode("utf-8", "replace").partition("\r\n\r\n")
-    status = int(head.split(" ", 2)[1])
-    return status, body
+    status_line, *header_lines = head.split("\r\n")
+    fields = dict(line.split(":", 1) for line in header_lines if ":" in line)
+    received = {name.strip().lower(): value.strip() for name, value in fields.items()}
+    return int(status_line.split(" ", 2)[1]), received, body
 
 
 def metric_value(body: str, name: str, **labels: str) -> float:

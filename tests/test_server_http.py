@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from http import HTTPStatus
 
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
-from server_harness import ServerHarness, asynctest, http_get, settings
+from server_harness import ServerHarness, asynctest, http_exchange, http_get, settings
 from unisock.server import UnisockServer
 
 
@@ -36,16 +35,6 @@ async def test_server_serves_application_routes_and_still_accepts_clients() -> N
         await server.close()
 
 
-async def _head_and_status(host: str, port: int, path: str) -> tuple[int, str]:
-    """Status and header block of a GET: what a scraper or a load balancer reads first."""
-    reader, writer = await asyncio.open_connection(host, port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-    data = await reader.read()
-    writer.close()
-    head = data.decode("utf-8", "replace").partition("\r\n\r\n")[0]
-    return int(head.split(" ", 2)[1]), head.lower()
-
-
 @asynctest
 async def test_health_and_metrics_answer_with_a_query_string_and_the_prometheus_type() -> None:
     """Probes and scrapers often add a query (``?verbose``, a cache buster); the path alone
@@ -53,10 +42,11 @@ async def test_health_and_metrics_answer_with_a_query_string_and_the_prometheus_
     server = UnisockServer(settings())
     host, port = await server.start("127.0.0.1", 0)
     try:
-        status, _ = await _head_and_status(host, port, "/healthz?probe=1")
+        status, _, _ = await http_exchange(host, port, "/healthz?probe=1")
         assert status == 200
-        status, head = await _head_and_status(host, port, "/metrics?scrape=1")
+        status, headers, body = await http_exchange(host, port, "/metrics?scrape=1")
         assert status == 200
-        assert "content-type: text/plain; version=0.0.4" in head.splitlines()
+        assert headers["content-type"].startswith("text/plain; version=0.0.4")
+        assert "unisock_" in body
     finally:
         await server.close()
