@@ -182,6 +182,9 @@ class HConn:
         """The close frame the client sent first; None if it sent none (or replied to ours)."""
         self.silent = False
         self.last_sent_at: float | None = None
+        """When the last frame's write began. Not when it ended: the client can read a frame on
+        loopback before ``send`` returns, and a pause of this process then (a collection, a
+        busy core) would count against a client that waits exactly as long as it must."""
         self.behaviour = dataclasses.replace(harness.behaviour)
         self.acks: dict[str, dict[str, Any]] = {}
         self._ping_task: asyncio.Task[None] | None = None
@@ -228,17 +231,19 @@ class HConn:
         if self.silent or not self.open:
             return
         text = message if isinstance(message, str) else json.dumps(message)
+        started = time.monotonic()
         try:
             await self.ws.send(text)
-            self.last_sent_at = time.monotonic()
+            self.last_sent_at = started
         except ConnectionClosed:
             pass
 
     async def send_bytes(self, data: bytes, *, text: bool = False) -> None:
         """A binary frame, or with ``text`` a text frame carrying arbitrary bytes."""
+        started = time.monotonic()
         try:
             await self.ws.send(data, text=text)
-            self.last_sent_at = time.monotonic()
+            self.last_sent_at = started
         except ConnectionClosed:
             pass
 
