@@ -43,6 +43,9 @@ Expected catches, variant -> check (requirement):
 - auth_failure_closes_4000 -> test_server_closes_4100_without_error_when_hello_token_is_rejected
   (UNI-LC-7)
 - heartbeat_not_sent -> test_server_pings_every_interval_regardless_of_traffic (UNI-HB-1)
+- timer_closes_explained -> test_every_close_the_server_started_in_the_run_follows_the_grammar
+  (UNI-CLOSE-9), after test_server_closes_4201_after_silence_bound and test_server_closes_4102_
+  when_no_hello_within_auth_timeout passed: each reads only the code or the reason's name
 - deep_filter_crashes -> test_server_refuses_a_deep_filter_and_keeps_the_connection
   (UNI-TR-29, UNI-SUB-18)
 - token_claims_unchecked -> test_server_rejects_a_signed_token_outside_the_json_limits

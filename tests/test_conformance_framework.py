@@ -377,6 +377,34 @@ def test_plugin_runs_drain_checks_last_and_grades_them_not_run_without_the_hook(
     assert "| inspection |" in (report_dir / "report.md").read_text("utf-8")
 
 
+def test_plugin_judges_every_server_close_after_all_other_checks_drain_included(
+    reference_server: ReferenceServer, tmp_path: Path
+) -> None:
+    """The UNI-CLOSE-9 observer runs after the drain checks and judges the closes that the
+    checks before it met; with no close met, it is not run rather than passed."""
+    report_dir = tmp_path / "report"
+    argv = _plugin_argv(reference_server.url, tmp_path, report_dir, "test_drain", "test_close")
+    result = _run(argv, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    ran = [
+        line.split("::")[-1].split()[0]
+        for line in result.stdout.splitlines()
+        if "::test_" in line and (" PASSED" in line or " SKIPPED" in line)
+    ]
+    observer = "test_every_close_the_server_started_in_the_run_follows_the_grammar"
+    assert ran[-1] == observer and "drain" in ran[-2], ran
+    tests = {t["id"].rsplit("::", 1)[-1]: t for t in _report(report_dir)["tests"]}
+    assert tests[observer]["outcome"] == "pass", tests[observer]
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    argv = _plugin_argv(reference_server.url, alone, alone / "report", "test_close")
+    argv += ["-k", "every_close"]
+    result = _run(argv, tmp_path)
+    tests = {t["id"].rsplit("::", 1)[-1]: t for t in _report(alone / "report")["tests"]}
+    assert tests[observer]["outcome"] == "not-run", tests[observer]
+    assert "no check of this run saw the server close" in tests[observer]["message"]
+
+
 class TwoNodes:
     """Two reference server nodes on one event loop, sharing one in-memory broker unless
     ``shared`` is false (then they are two separate deployments)."""
@@ -558,6 +586,9 @@ def test_suite_passes_against_the_reference_server_with_conformance_timers(
     ):
         assert outcomes[ident] == "pass", ident
     assert outcomes["UNI-LIM-7"] == "pass" and outcomes["UNI-CONF-1"] == "pass"
+    # The observer of every server close judged what the other checks met, drain included.
+    observer = next(e for e in report["tests"] if "every_close_the_server_started" in e["id"])
+    assert observer["outcome"] == "pass", observer["message"]
     for ident in ("UNI-DEL-8", "UNI-DEL-19", "UNI-DEL-23", "UNI-DEL-25", "UNI-DEL-26"):
         assert outcomes[ident] == "pass", ident
     # One node only: the cross-node rules cannot be run, and say so; nor can an outage.

@@ -22,6 +22,7 @@ from typing import Any, Final
 import pytest
 
 from unisock_conformance import markers
+from unisock_conformance.closes import SERVER_CLOSES
 from unisock_conformance.deployment import (
     PROFILES,
     Deployment,
@@ -44,7 +45,15 @@ from unisock_conformance.preflight import SetupError, preflight
 from unisock_conformance.spectext import load_registry
 from unisock_conformance.timing import TIMING_MARKER, Background
 
-__all__ = ["DRAIN_MARKER", "OUTAGE_MARKER", "RESET_MARKER", "SUITE_PLUGIN", "Suite", "get_suite"]
+__all__ = [
+    "DRAIN_MARKER",
+    "OBSERVER_MARKER",
+    "OUTAGE_MARKER",
+    "RESET_MARKER",
+    "SUITE_PLUGIN",
+    "Suite",
+    "get_suite",
+]
 
 SUITE_PLUGIN: Final = "unisock-suite"
 # Checks carrying this marker stop the deployment from serving: they run after all others.
@@ -53,6 +62,8 @@ DRAIN_MARKER: Final = "drain"
 RESET_MARKER: Final = "reset"
 # Checks carrying this marker take the deployment's broker away for a while: they run late too.
 OUTAGE_MARKER: Final = "outage"
+# Checks carrying this marker judge what every other check saw: they run last of all.
+OBSERVER_MARKER: Final = "observer"
 DEFAULT_LINK_BASE: Final = "spec/"
 
 
@@ -192,6 +203,10 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{OUTAGE_MARKER}: the check takes the deployment's broker away for a while, so it runs "
         "with the reset checks, after every other check except the drain checks",
     )
+    config.addinivalue_line(
+        "markers",
+        f"{OBSERVER_MARKER}: the check judges what the other checks saw, so it runs after all",
+    )
     url = config.getoption("--unisock-url")
     if not url:
         return
@@ -248,8 +263,10 @@ def _deployment_from_options(config: pytest.Config) -> Deployment:
 
 
 def _late_order(item: pytest.Item) -> int:
-    """0 for ordinary checks, 1 for reset and outage checks, 2 for drain checks (a stable
-    sort key)."""
+    """0 for ordinary checks, 1 for reset and outage checks, 2 for drain checks, 3 for the
+    observers of them all (a stable sort key)."""
+    if item.get_closest_marker(OBSERVER_MARKER) is not None:
+        return 3
     if item.get_closest_marker(DRAIN_MARKER) is not None:
         return 2
     late = (RESET_MARKER, OUTAGE_MARKER)
@@ -293,6 +310,7 @@ class Suite:
         }
         self.started_at = time.time()
         self.finished_at: float | None = None
+        SERVER_CLOSES.clear()  # a run judges only the closes of its own checks
         self.cli = bool(config.getoption("--unisock-progress"))
         """Run by ``unisock conformance server``: messages name its options, not pytest's."""
         self.require_complete = bool(config.getoption("--unisock-require-complete"))

@@ -127,7 +127,7 @@ def _call(item: pytest.Item, deployment: Deployment, info: ServerInfo) -> Callab
 
     def run() -> None:
         names = Names(deployment.seed, item.nodeid)
-        group = ConnGroup()
+        group = ConnGroup(item.nodeid)
         connect = Connect(deployment, group, names)
         available: dict[str, Any] = {
             "user": User(deployment, connect),

@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.sync.client import ClientConnection, connect
 
 from unisock.schemas import validate_server_message
+from unisock_conformance.closes import SERVER_CLOSES, SeenClose
 from unisock_conformance.pacing import Pacer
 
 __all__ = [
@@ -85,7 +86,9 @@ _QueueItem = Frame | _Closed | _Wake
 class ConnGroup:
     """The connections of one test: a failure seen on one fails the waits of all."""
 
-    def __init__(self) -> None:
+    def __init__(self, check: str = "") -> None:
+        self.check_id = check
+        """The check these connections belong to (its node ID), named where a close is logged."""
         self.conns: list[Conn] = []
         self.failures: list[str] = []
         self.reported = False
@@ -166,8 +169,12 @@ class Conn:
                 data = self.ws.recv()
                 self._on_message(data)
         except ConnectionClosed as closed:
-            if closed.rcvd is not None:
-                self.close_code, self.close_reason = closed.rcvd.code, closed.rcvd.reason
+            rcvd = closed.rcvd
+            if rcvd is not None:
+                self.close_code, self.close_reason = rcvd.code, rcvd.reason
+                if closed.rcvd_then_sent is not False:  # the server's own close, not an echo
+                    seen = SeenClose(self.group.check_id, self.name, rcvd.code, rcvd.reason)
+                    SERVER_CLOSES.record(seen)
             else:
                 self.close_code, self.close_reason = 1006, ""
         except Exception as error:  # a broken transport must not kill the run silently

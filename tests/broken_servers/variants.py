@@ -602,6 +602,24 @@ def heartbeat_not_sent() -> None:
     _wrap_method(SessionCore, "tick", make)
 
 
+def timer_closes_explained() -> None:
+    """The closes of the auth and heartbeat timers explain themselves after the name
+    (``auth_timeout;after_ms=...``): the grammar of close reasons has no such parameter."""
+
+    def explained(action: Any) -> Any:
+        if isinstance(action, Close) and action.code in (4102, 4201):
+            return Close(action.code, f"{action.reason.split(';')[0]};after_ms=5000")
+        return action
+
+    def make(original: Any) -> Any:
+        def tick(self: SessionCore, now_ms: int) -> list[Any]:
+            return [explained(a) for a in original(self, now_ms)]
+
+        return tick
+
+    _wrap_method(SessionCore, "tick", make)
+
+
 # --- hostile input -----------------------------------------------------------------------------
 
 
@@ -756,6 +774,11 @@ VARIANTS: dict[str, Variant] = {
         ),
         _v(auth_failure_closes_4000, "closes_4100_without_error", "UNI-LC-7"),
         _v(heartbeat_not_sent, "pings_every_interval", "UNI-HB-1"),
+        _v(
+            timer_closes_explained,
+            "closes_4201_after_silence or closes_4102_when_no_hello or every_close_the_server",
+            "UNI-CLOSE-9",
+        ),
         _v(deep_filter_crashes, "deep_filter_and_keeps", "UNI-TR-29", "UNI-SUB-18"),
         _v(token_claims_unchecked, "signed_token_outside_the_json_limits", "UNI-AUTH-26"),
         _v(repeat_failure_unavailable, "data_at_the_nesting_limit", "UNI-TR-29", "UNI-ERR-10"),

@@ -138,9 +138,9 @@ def names(request: pytest.FixtureRequest, deployment: Deployment) -> Names:
 
 
 @pytest.fixture
-def conn_group() -> Iterator[ConnGroup]:
+def conn_group(request: pytest.FixtureRequest) -> Iterator[ConnGroup]:
     """The test's connections: closed at teardown; a late protocol violation fails the test."""
-    group = ConnGroup()
+    group = ConnGroup(request.node.nodeid)
     yield group
     group.close_all()
     group.check_unreported()

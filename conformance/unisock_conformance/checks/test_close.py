@@ -1,7 +1,9 @@
 """Close codes (spec section 9, server side): close reasons and announced backoff parameters.
 
 Each server-initiated close the suite can provoke is checked against the close-reason
-grammar and the close-code registry (``schemas/v1/registries/close-codes.json``).
+grammar and the close-code registry (``schemas/v1/registries/close-codes.json``), and so is,
+after every other check, each close the server started during the run (supersede, heartbeat
+and auth timeouts, revocation, slow consumers, drain...).
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from collections.abc import Callable
 import pytest
 
 from unisock_conformance.checks.conftest import Connect, User
-from unisock_conformance.closes import reason_problem
-from unisock_conformance.deployment import Deployment, Names, ServerInfo
+from unisock_conformance.closes import SERVER_CLOSES, reason_problem
+from unisock_conformance.deployment import NOT_RUN_PREFIX, Deployment, Names, ServerInfo
 from unisock_conformance.wire import Conn
 
 
@@ -74,3 +76,18 @@ def test_server_announces_backoff_base_and_floor_within_cap(user: User, names: N
         assert backoff["base_ms"] <= backoff["cap_ms"], backoff
         assert backoff["floor_ms"] <= backoff["cap_ms"], backoff
         assert min(backoff.values()) >= 0, backoff
+
+
+@pytest.mark.requirement("UNI-CLOSE-9")
+@pytest.mark.observer
+def test_every_close_the_server_started_in_the_run_follows_the_grammar() -> None:
+    """UNI-CLOSE-9 binds every close, not only those provoked above: the closes that other
+    checks met on their way (timeouts, supersede, revocation, limits, drain) are judged here,
+    after all of them, with the check each came in."""
+    seen = SERVER_CLOSES.seen()
+    if not seen:
+        pytest.skip(f"{NOT_RUN_PREFIX} no check of this run saw the server close a connection")
+    problems = SERVER_CLOSES.problems()
+    shown = "\n".join(problems[:10])
+    more = f"\n... and {len(problems) - 10} more" if len(problems) > 10 else ""
+    assert not problems, f"{len(problems)} of {len(seen)} server closes:\n{shown}{more}"
