@@ -165,6 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "truncated": [],
         "load_average": [],
         "other_work": [],
+        "speed_probe_ms": [],
         "scenarios": {},
     }
     started = time.monotonic()
@@ -191,6 +192,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 peer = all_peers[name]
                 load = h.load_average()
                 data["load_average"].append(load)
+                speed = h.speed_probe_ms()
+                data["speed_probe_ms"].append(speed)
                 other = h.OtherWork()
                 try:
                     result = _one(scenario, peer, env, size, subscribers, window)
@@ -198,6 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     result = {"valid": False, "error": f"{type(error).__name__}: {error}"}
                 result["load_average_before"] = load
                 result["other_work_share"] = round(other.share(), 4)
+                result["speed_probe_ms"] = speed
                 data["other_work"].append(result["other_work_share"])
                 runs[name].append(result)
                 print(

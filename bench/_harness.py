@@ -132,6 +132,27 @@ class OtherWork:
         return max(0.0, other / (wall * cores)) if wall > 0 else 0.0
 
 
+SPEED_PROBE_STEPS = 1_000_000
+"""Multiply-adds of the speed probe: some 50 to 100 ms of one core on this kind of machine."""
+
+
+def speed_probe_ms(rounds: int = 3) -> float:
+    """Milliseconds a fixed pure-Python loop takes here and now (the fastest of ``rounds``).
+
+    Neither the load average nor ``/proc/stat`` sees a host that gives this machine less CPU
+    than usual, and absolute figures (scenario 3's latencies) move with it: the probe, taken
+    before each run, ties every invocation's figures to how fast the machine ran then.
+    """
+    best = float("inf")
+    for _ in range(rounds):
+        began = time.perf_counter()
+        total = 0
+        for step in range(SPEED_PROBE_STEPS):
+            total += step * step
+        best = min(best, time.perf_counter() - began)
+    return round(best * 1000, 1)
+
+
 def machine_info() -> dict[str, Any]:
     """What a reader needs to compare figures across machines."""
     model = "unknown"

@@ -329,6 +329,19 @@ def _other_work(data: dict[str, Any], loads: list[float], machine: dict[str, Any
     return " (a quiet machine)."
 
 
+def _speed(data: dict[str, Any]) -> str:
+    """How fast the machine ran: the speed probe's range over the runs (older results: none)."""
+    probes = data.get("speed_probe_ms") or []
+    if not probes:
+        return ""
+    return (
+        f" A fixed pure-Python loop ({h.SPEED_PROBE_STEPS:,} multiply-adds) took "
+        f"{min(probes):.0f} to {max(probes):.0f} ms before the runs: compare it before comparing "
+        "absolute figures of two invocations, since a host that gives this machine less CPU "
+        "slows every peer without showing in the load figures."
+    )
+
+
 OVER = (
     ("s2/s1", "Scenario 2 over scenario 1, CPU per delivery"),
     (
@@ -378,7 +391,8 @@ def markdown(data: dict[str, Any], figs: dict[str, Any], rat: dict[str, float]) 
         f"pinned to core {data['server_cores']}, the load generators on {data['client_cores']}). "
         f"Versions: {versions}. One-minute load average before the runs: "
         + (f"{min(loads):.2f} to {max(loads):.2f}" if loads else "n/a")
-        + _other_work(data, loads, m),
+        + _other_work(data, loads, m)
+        + _speed(data),
         "",
         f"Size `{data['size']}`, {_repeats(data)}; each cell is the "
         "median of the valid runs, with the lowest and highest in brackets. Server CPU is the "

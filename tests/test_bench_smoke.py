@@ -131,6 +131,11 @@ def test_suite_runs_every_scenario_and_writes_results_summary_and_plots(tmp_path
             (run,) = runs
             assert "error" not in run, (key, peer, run)
             assert 0.0 <= run["other_work_share"] <= 1.0, (key, peer, run)
+            assert run["speed_probe_ms"] > 0, (key, peer, run)
+    assert len(data["speed_probe_ms"]) == sum(
+        len(runs) for scenario in data["scenarios"].values() for runs in scenario["peers"].values()
+    )
+    assert "A fixed pure-Python loop" in (tmp_path / "summary.md").read_text("utf-8")
     (s1,) = data["scenarios"]["s1-4"]["peers"]["unisock"]
     assert s1["deliveries"] == 4 * 50 and s1["server_cpu_s"] >= 0
     (s2,) = data["scenarios"]["s2"]["peers"]["unisock"]
