@@ -99,7 +99,8 @@ fuzz-long: setup
 		$$target $$target -max_total_time=$$(( $(FUZZ_MINUTES) * 30 )) -rss_limit_mb=4096 || exit 1; done
 
 # The reference server under every configuration of tests/matrix/, graded by the quick profile
-# two configurations at a time; MATRIX_WRITE=docs/_data/conformance-matrix.json records it.
+# one configuration at a time (UNISOCK_MATRIX_PARALLEL=2 for two);
+# MATRIX_WRITE=docs/_data/conformance-matrix.json records it.
 matrix: setup
 	UNISOCK_MATRIX_WRITE=$(MATRIX_WRITE) $(PY) -m pytest -p no:cacheprovider tests/conformance_matrix.py
 
