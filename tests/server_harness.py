@@ -32,6 +32,7 @@ from unisock._version import PROTOCOL_TOKEN
 from unisock.auth import mint_token
 from unisock.server import UnisockServer, now_ms
 from unisock.settings import Settings, load_settings
+from unisock_conformance.wire import stalling_socket
 
 __all__ = [
     "LIMIT",
@@ -362,6 +363,15 @@ class ServerHarness:
         )
         client = RawClient(ws)
         self.clients.append(client)
+        return client
+
+    async def open_stalled(self, tok: str) -> RawClient:
+        """An authenticated client that will stop reading: tiny receive buffer, no read-ahead in
+        the library, so the server's frames back up into its own outbound queue quickly."""
+        sock = stalling_socket()
+        sock.connect((self.host, self.port))
+        client = await self.open(sock=sock, max_queue=1)
+        client.welcome = await client.hello(tok)  # type: ignore[attr-defined]
         return client
 
     async def connect(self, tok: str | None = None, **kwargs: Any) -> RawClient:

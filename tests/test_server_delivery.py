@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import pytest
@@ -13,20 +12,6 @@ from unisock.schemas import validate_server_message
 
 FAST = {"publish_rate_burst": 100_000, "publish_rate_per_second": 100_000}
 BLOB = "x" * 16_000
-
-
-async def stalled_reader(h: ServerHarness, tok: str) -> RawClient:
-    """A client that will stop reading: tiny receive buffer, no read-ahead in the library.
-
-    Once the test stops calling ``recv``, the server's frames back up into its own outbound
-    queue quickly instead of disappearing into megabytes of socket buffers.
-    """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect((h.host, h.port))
-    client = await h.open(sock=sock, max_queue=1)
-    client.welcome = await client.hello(tok)  # type: ignore[attr-defined]
-    return client
 
 
 async def publish_until(h: ServerHarness, pub: RawClient, metric: str, publish: Any) -> int:
@@ -271,7 +256,7 @@ async def test_server_coalesces_queued_events_of_a_stalled_reader_and_reports_of
     """
     async with running_server(coalescing_channels=("co.>",), max_queue=4096, **FAST) as h:
         pub = await h.connect(token(publish=("co.>", "tasks.>")))
-        reader = await stalled_reader(h, token(sub="bob", subscribe=("co.>", "tasks.>")))
+        reader = await h.open_stalled(token(sub="bob", subscribe=("co.>", "tasks.>")))
         await reader.subscribe("co.1")
         await reader.subscribe("tasks.1")
 
@@ -313,7 +298,7 @@ async def test_server_without_coalescing_feature_never_coalesces() -> None:
         **FAST,
     ) as h:
         pub = await h.connect(token(publish=("co.>",)))
-        reader = await stalled_reader(h, token(sub="bob", subscribe=("co.>",)))
+        reader = await h.open_stalled(token(sub="bob", subscribe=("co.>",)))
         assert "coalescing" not in reader.welcome["features"]  # type: ignore[attr-defined]
         await reader.subscribe("co.1")
         total = 400  # far more than the socket buffers hold: the server queue must engage

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 
 import pytest
 
-from server_harness import RawClient, ServerHarness, asynctest, running_server, token
+from server_harness import asynctest, running_server, token
 
 FAST = {"publish_rate_burst": 100_000, "publish_rate_per_second": 100_000}
 
@@ -52,15 +51,6 @@ async def test_server_applies_max_message_bytes_to_hello() -> None:
         assert closed.frames == []
 
 
-async def _stalled(h: ServerHarness, tok: str) -> RawClient:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect((h.host, h.port))
-    client = await h.open(sock=sock, max_queue=1)
-    await client.hello(tok)
-    return client
-
-
 @asynctest
 async def test_server_cuts_slow_consumer_with_4200_without_stalling_others(
     caplog: pytest.LogCaptureFixture,
@@ -79,7 +69,7 @@ async def test_server_cuts_slow_consumer_with_4200_without_stalling_others(
             conn = await h.connect(token(sub=sub))
             await conn.subscribe("tasks.>")
             healthy.append(conn)
-        stalled = await _stalled(h, token(sub="erin"))
+        stalled = await h.open_stalled(token(sub="erin"))
         await stalled.subscribe("tasks.>")
         blob = "x" * 16_000
         published = 0

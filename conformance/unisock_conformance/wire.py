@@ -39,6 +39,7 @@ __all__ = [
     "HandshakeRefused",
     "ProtocolViolation",
     "open_conn",
+    "stalling_socket",
     "widen_receive_buffer",
 ]
 
@@ -610,6 +611,33 @@ def open_conn(
     except InvalidHandshake as error:
         raise HandshakeRefused(f"{name}: handshake failed: {error}") from None
     return Conn(ws, name=name, default_timeout=timeout, group=group, message_ids=message_ids)
+
+
+STALL_RECEIVE_BUFFER: Final = 4096
+"""Receive buffer of a reader that stalls: its frames then back up into the server's queue."""
+STALL_SEGMENT: Final = 1024
+"""Largest TCP segment such a reader announces: a quarter of its buffer (see below)."""
+
+
+def stalling_socket(family: int = socket.AF_INET) -> socket.socket:
+    """An unconnected TCP socket for a reader that will stop reading and later read back.
+
+    A receive buffer of a few KiB makes a stalled reader fill the server's outbound queue
+    instead of megabytes of kernel buffers. On its own it can wedge the connection: the
+    sender may cut segments of half the largest window it saw (about 2 KiB), while this
+    receiver advertises whole multiples of the largest segment it received, which can come
+    to one segment just under that size. The sender then waits for a larger window that
+    never comes, and its zero-window probe, which would send anyway, is postponed by every
+    incoming acknowledgement: a reader that keeps sending heartbeats at a short interval
+    never sees another byte. Announcing segments no larger than a quarter of the buffer
+    keeps the advertised window at least one of the sender's segments.
+    """
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STALL_RECEIVE_BUFFER)
+    if hasattr(socket, "TCP_MAXSEG"):  # not on every platform; harmless to lack on loopback
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, STALL_SEGMENT)
+    return sock
 
 
 def widen_receive_buffer(sock: socket.socket) -> None:

@@ -38,7 +38,7 @@ from unisock_conformance.deployment import (
     not_run,
 )
 from unisock_conformance.oracle import json_equal
-from unisock_conformance.wire import widen_receive_buffer
+from unisock_conformance.wire import stalling_socket, widen_receive_buffer
 
 Frame = dict[str, Any]
 PAYLOAD_BYTES = 60_000
@@ -50,8 +50,7 @@ def _stalled_reader(deployment: Deployment, token: str, channel: str) -> Iterato
     parts = urlsplit(deployment.url)
     if parts.scheme != "ws":
         not_run("stalling a reader needs a plain ws:// URL (a TLS proxy buffers for it)")
-    sock = socket.socket(socket.AF_INET6 if ":" in (parts.hostname or "") else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock = stalling_socket(socket.AF_INET6 if ":" in (parts.hostname or "") else socket.AF_INET)
     sock.settimeout(deployment.timeout())
     sock.connect((parts.hostname or "127.0.0.1", parts.port or 80))
     ws = connect(

@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from unisock_conformance.checks.conftest import Connect, User
 from unisock_conformance.deployment import NOT_RUN_PREFIX, Deployment, Names, ServerInfo
-from unisock_conformance.wire import PROTOCOL, Conn, widen_receive_buffer
+from unisock_conformance.wire import PROTOCOL, Conn, stalling_socket, widen_receive_buffer
 
 Frame = dict[str, Any]
 
@@ -203,14 +203,13 @@ class RawSocket:
     server's outbound queue.
     """
 
-    def __init__(self, deployment: Deployment, rcvbuf: int = 4096) -> None:
+    def __init__(self, deployment: Deployment) -> None:
         parts = urlsplit(deployment.url)
         secure = parts.scheme == "wss"
         host = parts.hostname or "127.0.0.1"
         port = parts.port or (443 if secure else 80)
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = stalling_socket(family)
         sock.settimeout(deployment.timeout())
         sock.connect(address)
         if secure:
@@ -455,7 +454,12 @@ def test_server_keeps_a_stalled_consumer_while_its_queue_is_within_max_queue(
             messages += batch
             events = [m for m in messages if m.get("type") == "event"]
         assert code is None, f"closed with {code} while at most {count} events were queued"
-        assert len(events) == count, f"received {len(events)} of {count} events"
+        last = events[-1]["offset"] if events else None
+        others = sorted({str(m.get("type")) for m in messages if m.get("type") != "event"})
+        assert len(events) == count, (
+            f"received {len(events)} of {count} events (the last at offset {last}) and "
+            f"{len(messages) - len(events)} other messages {others} before the read-back ended"
+        )
         offsets = [e["offset"] for e in events]
         assert offsets == list(range(1, count + 1)), f"UNI-DEL-24: events dropped: {offsets}"
     finally:
