@@ -82,12 +82,16 @@ def test_server_pings_every_interval_regardless_of_traffic(
             assert nonce is None or (isinstance(nonce, str) and len(nonce) <= 64), ping
     finally:
         chatter.close()
-    early = deployment.timeout(0.1)
+    early, late = deployment.timeout(0.1), _late(deployment, interval)
     gaps = [arrivals[0] - welcomed] + [b - a for a, b in itertools.pairwise(arrivals)]
-    for gap in gaps:
-        assert interval - early <= gap <= interval + _late(deployment, interval), (
-            f"server ping gaps {[round(g, 3) for g in gaps]} s for an interval of {interval} s"
-        )
+    shown = f"server ping gaps {[round(g, 3) for g in gaps]} s for an interval of {interval} s"
+    # Too early is judged against the schedule since welcome: ping k is due no sooner than
+    # k intervals after it, however the server schedules. The suite can only notice an
+    # arrival late, and a gap after a late noticing is short although the server kept time.
+    for k, arrived in enumerate(arrivals, start=1):
+        assert arrived - welcomed >= k * interval - early, f"ping {k} early: {shown}"
+    # Too late is judged on every gap: a client's silence bound runs from the last ping.
+    assert max(gaps) <= interval + late, shown
 
 
 @pytest.mark.requirement("UNI-HB-2", "UNI-TR-25")
