@@ -61,7 +61,7 @@ docs: setup
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 pytest: setup browser js
-	UNISOCK_REQUIRE_BROWSER=1 UNISOCK_REQUIRE_REDIS=1 $(PY) -m pytest
+	UNISOCK_REQUIRE_BROWSER=1 UNISOCK_REQUIRE_REDIS=1 $(PY) -m pytest --durations=25
 
 test: lint typecheck js docs pytest e2e matrix
 
