@@ -99,6 +99,9 @@ class _Conn:
 
     ws: ServerConnection
     core: SessionCore
+    transport: asyncio.WriteTransport
+    """``ws``'s transport and protocol, held here: the fan-out reaches them once per frame."""
+    protocol: ServerProtocol
     tenant: str | None = None
     index: dict[str, tuple[str, Any]] = field(default_factory=dict)
     queue: deque[_Queued] | None = None
@@ -353,7 +356,7 @@ class UnisockServer:
             ws.request.headers.clear()
         ws.response = None
         core = SessionCore(self.config, self.verifier, uuid.uuid4().hex, self.clock, self.registry)
-        conn = _Conn(ws, core)
+        conn = _Conn(ws, core, ws.transport, ws.protocol)
         self.conns[core.connection_id] = conn
         self._schedule(conn)
         budget = INBOUND_BUDGET
@@ -590,12 +593,11 @@ class UnisockServer:
                 out.append(frame)
                 return
             self._flush_one(conn)  # a full batch; the connection stays listed for this turn
-        ws = conn.ws
+        # A connection whose WebSocket is closing gathers too: the flush drops what it gathered.
         if (
             conn.queue  # behind frames already waiting
             or conn.closing
-            or ws.protocol.state is not WsState.OPEN
-            or ws.transport.get_write_buffer_size() >= HIGH_WATER
+            or conn.transport.get_write_buffer_size() >= HIGH_WATER
         ):
             # Once per frame of every fan-out, so inline: a slow transport, or one going away.
             self._enqueue(conn, _Queued(frame, event))
@@ -616,10 +618,9 @@ class UnisockServer:
 
     def _flush_one(self, conn: _Conn) -> None:
         out, conn.out = conn.out, None
-        ws = conn.ws
         # Nothing may follow a close frame (which websockets may have sent meanwhile).
-        if out and ws.protocol.state is WsState.OPEN:
-            ws.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if out and conn.protocol.state is WsState.OPEN:
+            conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _enqueue(self, conn: _Conn, item: _Queued) -> None:
         """Queue behind a slow transport; coalesce by key; cut at ``max_queue`` (UNI-LIM)."""
@@ -661,17 +662,16 @@ class UnisockServer:
 
     async def _drain_queue(self, conn: _Conn) -> None:
         """Write queued frames as the transport drains, in order."""
-        ws = conn.ws
         queue = conn.queue
         assert queue is not None
         try:
             while queue and not conn.closing:
-                if ws.transport.get_write_buffer_size() >= HIGH_WATER:
-                    await ws.drain()
+                if conn.transport.get_write_buffer_size() >= HIGH_WATER:
+                    await conn.ws.drain()
                     continue
-                if ws.protocol.state is not WsState.OPEN:
+                if conn.protocol.state is not WsState.OPEN:
                     return
-                ws.transport.write(queue.popleft().data)
+                conn.transport.write(queue.popleft().data)
         except (ConnectionClosed, ConnectionError):
             return
 
