@@ -18,7 +18,8 @@ CHANNELS = ["a.b", "a.x", "a.b.c", "b.x", "c.d", "d.x", "$me.notes.1", "$me.othe
 
 
 def _conn() -> _Conn:
-    return _Conn(ws=None, core=None, transport=None, protocol=None)  # type: ignore[arg-type]  # the index only hashes it
+    # The index only hashes it: none of its parts is ever used.
+    return _Conn(ws=None, core=None, transport=None, protocol=None)  # type: ignore[arg-type]
 
 
 def _subscribe(index: _Index, conn: _Conn, text: str, owner: str = "u1") -> None:

@@ -634,7 +634,7 @@ def stalling_socket(family: int = socket.AF_INET) -> socket.socket:
     """
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STALL_RECEIVE_BUFFER)
-    if hasattr(socket, "TCP_MAXSEG"):  # not on every platform; harmless to lack on loopback
+    if hasattr(socket, "TCP_MAXSEG"):  # not on every platform: without it the wedge can occur
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, STALL_SEGMENT)
     return sock
