@@ -147,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     server_cores, client_cores = h.core_layout()
     h.raise_fd_limit()
     h.pin(client_cores)
-    env = suite.Env(server_cores, client_cores, args.client_procs)
+    env = suite.Env(server_cores, client_cores, args.client_procs, args.load_loop)
     all_peers = suite.peers()
     skipped = {n: p.needs for n, p in all_peers.items() if p.needs}
     out = args.out
@@ -160,6 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "parameters": size,
         "server_cores": sorted(server_cores),
         "client_cores": sorted(client_cores),
+        "load_loop": args.load_loop,
         "skipped_peers": skipped,
         "not_run": [],
         "truncated": [],
@@ -275,7 +276,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     server_cores, client_cores = h.core_layout()
     h.raise_fd_limit()
     h.pin(client_cores)
-    env = suite.Env(server_cores, client_cores, args.client_procs)
+    env = suite.Env(server_cores, client_cores, args.client_procs, args.load_loop)
     peer = suite.peers()[args.peer]
     raw = args.out / f"profile-{args.label}.collapsed"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -304,6 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument(
+        "--load-loop",
+        choices=h.LOOPS,
+        default=h.default_loop(),
+        help="the load generators' event loop (default: uvloop where installed)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("setup", help="install the Node peers")
     run = sub.add_parser("run", help="run the scenarios")

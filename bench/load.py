@@ -430,12 +430,13 @@ def client_main(
     shared: Shared,
     results: Connection,
     cores: set[int],
+    loop: str = "asyncio",
 ) -> None:
     """A subscriber process. ``mode``: ``count``, ``probe`` (count, and decode a sample),
     ``idle`` (set up only) or ``storm`` (decode, drop on request, resume)."""
     h.pin(cores)
     h.raise_fd_limit()
-    asyncio.run(_clients(port, wire, mode, specs, probe_every, slot, shared, results))
+    h.run_loop(_clients(port, wire, mode, specs, probe_every, slot, shared, results), loop)
 
 
 async def _clients(
@@ -619,6 +620,7 @@ def publisher_main(
     stop: Any,
     results: Connection,
     cores: set[int],
+    loop: str = "asyncio",
 ) -> None:
     """A paced publisher process: ``plan['rate']`` publishes per second until ``stop[0]``.
 
@@ -631,7 +633,7 @@ def publisher_main(
     """
     h.pin(cores)
     h.raise_fd_limit()
-    asyncio.run(_publish(port, wire, plan, stop, results))
+    h.run_loop(_publish(port, wire, plan, stop, results), loop)
 
 
 async def _publish(

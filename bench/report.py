@@ -69,7 +69,8 @@ def one_line(scenario: str, r: dict[str, Any]) -> str:
     if scenario == "s1":
         return (
             f"{r['cpu_s_per_million']:8.2f} s CPU / 1M deliveries, "
-            f"{r['deliveries_per_s']:,} deliveries/s, load {r['load_util']:.2f}{mark}"
+            f"{r['deliveries_per_s']:,} deliveries/s, load {r['load_util']:.2f}, "
+            f"server {r.get('server_util', float('nan')):.2f}{mark}"
         )
     if scenario in ("s2", "s2-rooms", "s3"):
         lat = r["latency_ms"]
@@ -311,6 +312,28 @@ BUSY_SHARE = 0.10
 """Share of the machine other programs may take during runs before figures are marked."""
 
 
+def _while_server_idled(data: dict[str, Any]) -> str:
+    """Scenario 1's rule since runs record the server's own share of its core."""
+    runs = [
+        r
+        for key, scenario in data["scenarios"].items()
+        if kind(key) == "s1"
+        for peer_runs in scenario["peers"].values()
+        for r in peer_runs
+    ]
+    if not any("server_util" in r for r in runs):
+        return ""
+    return (
+        f", in scenario 1 only while the server used less than {suite.SATURATED:.0%} of its "
+        "own (a server that kept its core busy set the pace itself)"
+    )
+
+
+def _load_loop(data: dict[str, Any]) -> str:
+    """Results from before the option name no loop: their generators ran on asyncio's."""
+    return f", on {data.get('load_loop', 'asyncio')}"
+
+
 def _other_work(data: dict[str, Any], loads: list[float], machine: dict[str, Any]) -> str:
     """How busy the machine was with work outside the benchmark while it measured.
 
@@ -388,7 +411,8 @@ def markdown(data: dict[str, Any], figs: dict[str, Any], rat: dict[str, float]) 
         f"# Peer benchmarks{label}",
         "",
         f"Measured {data['date']} on {m['cpu_model']} ({m['usable_cores']} cores; the server "
-        f"pinned to core {data['server_cores']}, the load generators on {data['client_cores']}). "
+        f"pinned to core {data['server_cores']}, the load generators on {data['client_cores']}"
+        f"{_load_loop(data)}). "
         f"Versions: {versions}. One-minute load average before the runs: "
         + (f"{min(loads):.2f} to {max(loads):.2f}" if loads else "n/a")
         + _other_work(data, loads, m)
@@ -397,8 +421,9 @@ def markdown(data: dict[str, Any], figs: dict[str, Any], rat: dict[str, float]) 
         f"Size `{data['size']}`, {_repeats(data)}; each cell is the "
         "median of the valid runs, with the lowest and highest in brackets. Server CPU is the "
         "server process's user + system time from `/proc`; a run is invalid when the load "
-        f"generators used {suite.SATURATED:.0%} of their cores (or a paced publisher fell "
-        "behind, or a delivery was missing). Ratios compare medians of this invocation.",
+        f"generators used {suite.SATURATED:.0%} of their cores{_while_server_idled(data)} (or "
+        "a paced publisher fell behind, or a delivery was missing). Ratios compare medians of "
+        "this invocation.",
         "",
     ]
     if data.get("notes"):

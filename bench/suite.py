@@ -261,6 +261,8 @@ class Env:
     server_cores: set[int]
     client_cores: set[int]
     client_procs: int
+    load_loop: str = "asyncio"
+    """The load generators' event loop (``uvloop`` or ``asyncio``)."""
     ctx: Any = field(default_factory=lambda: multiprocessing.get_context("spawn"))
 
 
@@ -295,6 +297,7 @@ class Clients:
                     self.shared,
                     child,
                     env.client_cores,
+                    env.load_loop,
                 ),
                 daemon=True,
             )
@@ -341,7 +344,7 @@ class Publisher:
         self.pipe, child = env.ctx.Pipe()
         self.process = env.ctx.Process(
             target=load.publisher_main,
-            args=(port, wire, plan, self.flags, child, env.client_cores),
+            args=(port, wire, plan, self.flags, child, env.client_cores, env.load_loop),
             daemon=True,
         )
         self.process.start()
@@ -453,6 +456,7 @@ def fanout(
         server.close()
     deliveries = events * subscribers
     util = _client_util(ccpu, wall, env)
+    server_util = round(cpu / (wall * len(env.server_cores)), 3) if wall > 0 else 0.0
     return {
         "deliveries": deliveries,
         "server_cpu_s": round(cpu, 3),
@@ -460,9 +464,21 @@ def fanout(
         "cpu_s_per_million": round(cpu / deliveries * 1e6, 3),
         "deliveries_per_s": round(deliveries / wall),
         "load_util": util,
+        "server_util": server_util,
         "in_flight": window,
-        "valid": util < SATURATED,
+        "valid": held_back_by_load(util, server_util) is False,
     }
+
+
+def held_back_by_load(load_util: float, server_util: float) -> bool:
+    """Whether the load generators, not the server, set the pace of a fan-out run.
+
+    Busy generators alone do not say so: a generator that keeps up reads each frame as it
+    comes, so the faster it is, the more reads it makes, until its core is full. Only while
+    the server has time to spare (below the same share of its own core) were they what it
+    waited for; a server that kept its core busy was measured at its own pace.
+    """
+    return load_util >= SATURATED and server_util < SATURATED
 
 
 def _spy(pid: int, out: Path) -> subprocess.Popen[bytes]:

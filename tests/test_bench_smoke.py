@@ -93,6 +93,15 @@ def _run(script: str, out: Path, *args: str) -> dict[str, Any]:
 
 
 @pytest.mark.slow
+def test_a_fanout_run_is_held_back_only_by_busy_generators_beside_a_server_with_time_to_spare(
+    bench: ModuleType,
+) -> None:
+    assert bench.held_back_by_load(0.95, 0.40)
+    # the server kept its core busy: it set the pace, however busy the generators were
+    assert not bench.held_back_by_load(0.95, 0.97)
+    assert not bench.held_back_by_load(0.50, 0.40)
+
+
 def test_suite_runs_every_scenario_and_writes_results_summary_and_plots(tmp_path: Path) -> None:
     """The tiny size, on the peers that need no extra install: every scenario's code path."""
     completed = subprocess.run(
@@ -138,6 +147,7 @@ def test_suite_runs_every_scenario_and_writes_results_summary_and_plots(tmp_path
     assert "A fixed pure-Python loop" in (tmp_path / "summary.md").read_text("utf-8")
     (s1,) = data["scenarios"]["s1-4"]["peers"]["unisock"]
     assert s1["deliveries"] == 4 * 50 and s1["server_cpu_s"] >= 0
+    assert s1["server_util"] >= 0.0 and s1["load_util"] >= 0.0
     (s2,) = data["scenarios"]["s2"]["peers"]["unisock"]
     # Counts, not timings: every filtered delivery arrived, none crossed a tenant.
     assert s2["delivered_total"] == s2["expected_deliveries"] > 0
