@@ -649,3 +649,30 @@ def widen_receive_buffer(sock: socket.socket) -> None:
     """
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+
+
+class KeepAlive:
+    """Sends an unsolicited ``pong`` every ``every_s`` so that a stalled reader is never silent.
+
+    A stalled reader still sends: without it, the server's pings wait unread behind the
+    queued events and the reader looks dead (UNI-HB), which is not what a stall check tests.
+    ``send_pong`` sends one ``pong`` on the reader's connection; once it fails, the
+    connection is gone and nothing is left to keep alive.
+    """
+
+    def __init__(self, send_pong: Callable[[], None], every_s: float) -> None:
+        self.send_pong, self.every_s = send_pong, every_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every_s):
+            try:
+                self.send_pong()
+            except (OSError, ConnectionClosed):
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,7 +37,7 @@ from unisock_conformance.deployment import (
     not_run,
 )
 from unisock_conformance.oracle import json_equal
-from unisock_conformance.wire import stalling_socket, widen_receive_buffer
+from unisock_conformance.wire import KeepAlive, stalling_socket, widen_receive_buffer
 
 Frame = dict[str, Any]
 PAYLOAD_BYTES = 60_000
@@ -64,8 +63,7 @@ def _stalled_reader(deployment: Deployment, token: str, channel: str) -> Iterato
         max_queue=1,
         ping_interval=None,
     )
-    stop = threading.Event()
-    keepalive: threading.Thread | None = None
+    keepalive: KeepAlive | None = None
     try:
         ws.send(json.dumps({"type": "hello", "token": token}))
         welcome = json.loads(ws.recv(timeout=deployment.timeout()))
@@ -73,25 +71,13 @@ def _stalled_reader(deployment: Deployment, token: str, channel: str) -> Iterato
         ws.send(json.dumps({"type": "subscribe", "id": "s1", "channel": channel}))
         while json.loads(ws.recv(timeout=deployment.timeout())).get("id") != "s1":
             pass
-        # A stalled reader still sends: unsolicited pongs keep it from looking dead while the
-        # server's pings wait unread behind the queued events (UNI-HB).
         every = welcome["heartbeat"]["interval_ms"] / 3000
-        keepalive = threading.Thread(target=_keep_alive, args=(ws, every, stop), daemon=True)
-        keepalive.start()
+        keepalive = KeepAlive(lambda: ws.send(json.dumps({"type": "pong"})), every)
         yield ws
     finally:
-        stop.set()
         if keepalive is not None:
-            keepalive.join(timeout=5)
+            keepalive.close()
         ws.close()
-
-
-def _keep_alive(ws: ClientConnection, every_s: float, stop: threading.Event) -> None:
-    while not stop.wait(every_s):
-        try:
-            ws.send(json.dumps({"type": "pong"}))
-        except Exception:  # the connection is gone: nothing left to keep alive
-            return
 
 
 def _drain(ws: ClientConnection, channel: str, last_offset: int, timeout: float) -> list[Frame]:

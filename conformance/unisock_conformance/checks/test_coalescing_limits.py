@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from unisock_conformance.checks.conftest import User
-from unisock_conformance.checks.test_limits import KeepAlive, RawSocket
+from unisock_conformance.checks.test_limits import stalled_subscriber
 from unisock_conformance.deployment import NOT_RUN_PREFIX, Deployment, Names
 from unisock_conformance.wire import Conn
 
@@ -59,18 +59,8 @@ def flood_stalled_reader(
 ) -> KeyedFlood:
     """Publish enough keyed events to overflow a stalled reader's queue many times over."""
     tenant = names.tenant()
-    raw = RawSocket(deployment)
-    keepalive: KeepAlive | None = None
+    raw, keepalive, welcome = stalled_subscriber(deployment, tenant, names.user(0), channel)
     try:
-        token = deployment.mint(tenant, names.user(0), subscribe=(">",))
-        raw.send({"type": "hello", "token": token})
-        messages, code = raw.read(deployment.timeout(), until="welcome")
-        assert code is None and messages and messages[-1]["type"] == "welcome", (messages, code)
-        welcome = messages[-1]
-        raw.send({"type": "subscribe", "id": "s", "channel": channel})
-        messages, code = raw.read(deployment.timeout(), until="subscribed")
-        assert messages and messages[-1]["type"] == "subscribed", (messages, code)
-        keepalive = KeepAlive(raw, welcome["heartbeat"]["interval_ms"] / 3000)
         limits = welcome["limits"]
         size = max(16, min(int(limits["max_message_bytes"]), 65536) - 512)
         count = int(limits["max_queue"]) + math.ceil(SOCKET_BUFFERS / size) + 16
@@ -89,8 +79,7 @@ def flood_stalled_reader(
                 break
         return KeyedFlood(acks, frames, code)
     finally:
-        if keepalive is not None:
-            keepalive.close()
+        keepalive.close()
         raw.close()
 
 

@@ -25,7 +25,13 @@ from websockets.exceptions import ConnectionClosed
 
 from unisock_conformance.checks.conftest import Connect, User
 from unisock_conformance.deployment import NOT_RUN_PREFIX, Deployment, Names, ServerInfo
-from unisock_conformance.wire import PROTOCOL, Conn, stalling_socket, widen_receive_buffer
+from unisock_conformance.wire import (
+    PROTOCOL,
+    Conn,
+    KeepAlive,
+    stalling_socket,
+    widen_receive_buffer,
+)
 
 Frame = dict[str, Any]
 
@@ -314,41 +320,26 @@ class RawSocket:
             self.sock.close()
 
 
-class KeepAlive:
-    """Sends an unsolicited ``pong`` regularly so a stalled reader is never silent."""
-
-    def __init__(self, raw: RawSocket, every_s: float) -> None:
-        self.raw, self.every_s = raw, every_s
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop.wait(self.every_s):
-            try:
-                self.raw.send({"type": "pong"})
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
-
-
-def _stalled_subscriber(
+def stalled_subscriber(
     deployment: Deployment, tenant: str, sub: str, channel: str
 ) -> tuple[RawSocket, KeepAlive, Frame]:
+    """A subscriber of ``channel`` that reads nothing more until ``unstall``, kept alive by
+    pongs; returns it with its keep-alive (both for the caller to close) and its welcome."""
     raw = RawSocket(deployment)
-    token = deployment.mint(tenant, sub, subscribe=(">",))
-    raw.send({"type": "hello", "token": token})
-    messages, code = raw.read(deployment.timeout(), until="welcome")
-    assert code is None and messages and messages[-1]["type"] == "welcome", (messages, code)
-    welcome = messages[-1]
-    raw.send({"type": "subscribe", "id": "s", "channel": channel})
-    messages, code = raw.read(deployment.timeout(), until="subscribed")
-    assert messages and messages[-1]["type"] == "subscribed", (messages, code)
+    try:
+        token = deployment.mint(tenant, sub, subscribe=(">",))
+        raw.send({"type": "hello", "token": token})
+        messages, code = raw.read(deployment.timeout(), until="welcome")
+        assert code is None and messages and messages[-1]["type"] == "welcome", (messages, code)
+        welcome = messages[-1]
+        raw.send({"type": "subscribe", "id": "s", "channel": channel})
+        messages, code = raw.read(deployment.timeout(), until="subscribed")
+        assert messages and messages[-1]["type"] == "subscribed", (messages, code)
+    except BaseException:
+        raw.close()
+        raise
     every = welcome["heartbeat"]["interval_ms"] / 3000
-    return raw, KeepAlive(raw, every), welcome
+    return raw, KeepAlive(lambda: raw.send({"type": "pong"}), every), welcome
 
 
 class Flood:
@@ -388,7 +379,7 @@ def test_server_closes_slow_consumer_4200_without_delaying_others(
     user: User, deployment: Deployment, names: Names
 ) -> None:
     tenant, channel = names.tenant(), names.channel()
-    raw, keepalive, welcome = _stalled_subscriber(deployment, tenant, names.user(0), channel)
+    raw, keepalive, welcome = stalled_subscriber(deployment, tenant, names.user(0), channel)
     try:
         healthy = user(tenant, names.user(1))
         healthy.subscribe(channel)
@@ -437,7 +428,7 @@ def test_server_keeps_a_stalled_consumer_while_its_queue_is_within_max_queue(
     user: User, deployment: Deployment, names: Names
 ) -> None:
     tenant, channel = names.tenant(), names.channel()
-    raw, keepalive, welcome = _stalled_subscriber(deployment, tenant, names.user(0), channel)
+    raw, keepalive, welcome = stalled_subscriber(deployment, tenant, names.user(0), channel)
     try:
         queue = int(welcome["limits"]["max_queue"])
         count = queue // 2
@@ -475,7 +466,7 @@ def test_server_keeps_a_stalled_consumer_with_max_queue_messages_outstanding(
     stalled: whatever part of them the transport took, the queue never held more than
     ``max_queue``, so the connection stays open and loses nothing."""
     tenant, channel = names.tenant(), names.channel()
-    raw, keepalive, welcome = _stalled_subscriber(deployment, tenant, names.user(0), channel)
+    raw, keepalive, welcome = stalled_subscriber(deployment, tenant, names.user(0), channel)
     try:
         limits = welcome["limits"]
         queue = int(limits["max_queue"])
