@@ -426,8 +426,8 @@ def markdown(data: dict[str, Any], figs: dict[str, Any], rat: dict[str, float]) 
         "this invocation.",
         "",
     ]
-    if data.get("notes"):
-        lines += [*data["notes"], ""]  # what a reader of these figures must know besides
+    for note in data.get("notes", []):  # what a reader of these figures must know besides
+        lines += [note, ""]
     if data.get("truncated"):
         lines += [
             "Fewer repeats than planned, out of time: "
