@@ -466,7 +466,7 @@ def fanout(
         "load_util": util,
         "server_util": server_util,
         "in_flight": window,
-        "valid": held_back_by_load(util, server_util) is False,
+        "valid": not held_back_by_load(util, server_util),
     }
 
 
