@@ -494,9 +494,19 @@ def test_server_keeps_a_stalled_consumer_with_max_queue_messages_outstanding(
                 f"{NOT_RUN_PREFIX} {len(messages)} messages were outstanding (more than "
                 f"max_queue {queue}) after a {stalled_for:.1f} s stall: the check cannot tell"
             )
+        # A slow flood leaves time for more pings than planned, queued behind the events; a
+        # server that cleared its queue for them shows none of them, so count them by time.
+        pings_meanwhile = math.ceil(stalled_for / interval_s) + 2
+        if code == 4200 and count + pings_meanwhile > queue:
+            pytest.skip(
+                f"{NOT_RUN_PREFIX} publishing took {stalled_for:.1f} s, room for "
+                f"{pings_meanwhile} pings besides {count} events: more than max_queue {queue} "
+                "may have been outstanding, so the check cannot tell"
+            )
         assert code is None, (
             f"UNI-LIM-6: closed with {code} while at most {len(messages)} messages were "
-            f"outstanding (max_queue {queue}); {len(events)} of {count} events arrived"
+            f"outstanding (max_queue {queue}); {len(events)} of {count} events arrived, "
+            f"published in {stalled_for:.1f} s"
         )
         assert [e["offset"] for e in events] == list(range(1, count + 1))
     finally:
