@@ -286,8 +286,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
         name = "scenario 2" if args.scenario == "s2" else "scenario 2's rooms (s2-rooms)"
         what = f"{name} ({size['s2_connections']} connections, {size['s2_rate']} publishes/s)"
     else:
-        result = suite.fanout(peer, env, size, args.subscribers, profile=raw)
-        what = f"scenario 1 ({args.subscribers} subscribers)"
+        result = suite.fanout(peer, env, size, args.subscribers, profile=raw, window=args.window)
+        flight = "one event" if args.window == 1 else f"{args.window} events"
+        what = f"scenario 1 ({args.subscribers} subscribers, {flight} in flight)"
     top = report.profile_top(raw, args.top)
     path = args.out / f"profile-{args.label}.txt"
     path.write_text(
@@ -329,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     prof.add_argument("--scenario", choices=("s1", "s2", "s2-rooms"), default="s1")
     prof.add_argument("--subscribers", type=int, default=1000)
     prof.add_argument("--deliveries", type=int, default=1_000_000)
+    prof.add_argument("--window", type=int, default=32, help="scenario 1's events in flight")
     prof.add_argument("--label", default="unisock")
     prof.add_argument("--top", type=int, default=30)
     prof.add_argument("--quick", action="store_true")
