@@ -381,7 +381,7 @@ OVER = (
 """Ratio lines under the tables: keys of ``ratios`` starting with the prefix, and their label."""
 
 
-def _over_lines(rat: dict[str, float]) -> list[str]:
+def over_lines(rat: dict[str, float]) -> list[str]:
     """One line per ``OVER`` entry that this run has, each ratio named by its base and peer."""
     lines: list[str] = []
     for prefix, label in OVER:
@@ -494,7 +494,7 @@ def markdown(data: dict[str, Any], figs: dict[str, Any], rat: dict[str, float]) 
             lines.append("")
         if scenario in PLOTS and key in (f"s1-{p['s1_subscribers'][0]}", "s3", "s4", "s5"):
             lines += [f"![{title}]({scenario}.svg)", ""]
-    lines += _over_lines(rat)
+    lines += over_lines(rat)
     described = "; ".join(f"`{peer.name}`: {peer.what}" for peer in suite.peers().values())
     lines += [f"Peers: {described}.", ""]
     return "\n".join(lines)
