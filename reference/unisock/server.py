@@ -245,6 +245,8 @@ class UnisockServer:
         self.index = _Index()
         self._dirty: list[_Conn] = []
         """Connections with frames gathered in this loop turn (``_Conn.out``)."""
+        self._flush_pending = False
+        """A call of :meth:`_flush` is scheduled for the end of this turn."""
         self._timer_callback = self._on_timer
         """Bound once: every armed timer holds this one instead of a bound method of its own."""
         self.draining = False
@@ -550,6 +552,7 @@ class UnisockServer:
         view = fanout_view(event)  # predicate work that depends only on the event: once
         frame: bytes | None = None
         delivered = 0
+        dirty = self._dirty
         # A copy: writing can cut a slow consumer, which removes it from the index (UNI-LIM-8).
         for conn in tuple(candidates):
             core = conn.core
@@ -563,11 +566,22 @@ class UnisockServer:
             if core.pending_gaps:
                 # UNI-DEL-19: the epoch_changed gap goes first, through the same queue.
                 self._apply_sync(conn, core.take_gaps())
+                if conn.closing:
+                    continue
+            # _send's two common cases, inlined: this runs once per recipient of every event.
             out = conn.out
-            if out is not None and len(out) < BATCH_FRAMES:
-                out.append(frame)  # writable earlier in this very turn
-            else:
-                self._send(conn, frame, event)
+            if out is not None:
+                if len(out) < BATCH_FRAMES:
+                    out.append(frame)  # writable earlier in this very turn
+                    continue
+            elif not conn.queue and conn.transport.get_write_buffer_size() < HIGH_WATER:
+                conn.out = [frame]  # the connection's first frame of this turn
+                dirty.append(conn)
+                continue
+            self._send(conn, frame, event)
+        if dirty and not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush)
         if delivered:
             self.metrics.messages_out.inc(delivered)  # one increment per event, not per frame
             self.metrics.deliveries.inc(delivered)
@@ -605,16 +619,23 @@ class UnisockServer:
         conn.out = [frame]
         if out is not None:
             return
-        if not self._dirty:
+        if not self._flush_pending:
+            self._flush_pending = True
             asyncio.get_running_loop().call_soon(self._flush)
         self._dirty.append(conn)
 
     def _flush(self) -> None:
         """End of the loop turn: write what each connection gathered."""
+        self._flush_pending = False
         dirty, self._dirty = self._dirty, []
-        for conn in dirty:
-            if conn.out is not None:
-                self._flush_one(conn)
+        is_open = WsState.OPEN
+        for conn in dirty:  # _flush_one, inlined: once per connection written to per turn
+            out = conn.out
+            if out is None:
+                continue
+            conn.out = None
+            if conn.protocol.state is is_open:
+                conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _flush_one(self, conn: _Conn) -> None:
         out, conn.out = conn.out, None
