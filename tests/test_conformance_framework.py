@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import math
 import os
 import re
 import subprocess
@@ -1004,3 +1005,21 @@ def test_report_keeps_a_long_failure_whole_in_a_linked_file(tmp_path: Path) -> N
     assert len(entry["message"]) < len(text) and entry["message_file"] in entry["message"]
     assert text.strip() in (tmp_path / entry["message_file"]).read_text("utf-8")
     Draft202012Validator(json.loads(SCHEMA_PATH.read_text("utf-8"))).validate(report)
+
+
+def test_a_stalled_flood_sizes_its_second_half_to_keep_events_and_pings_within_max_queue() -> None:
+    from unisock_conformance.checks.test_limits import events_within_queue
+
+    def outstanding(more: int, elapsed_s: float) -> int:
+        stall = elapsed_s + 1.5 * more * elapsed_s / 508
+        return 508 + more + math.ceil(stall / 0.4) + 2
+
+    previous = 1024
+    for elapsed_s in (0.5, 2.0, 4.4, 20.0, 60.0):
+        more = events_within_queue(1024, 508, elapsed_s, 0.4)
+        # the most events that fit: one more would not, with the pings of a longer stall
+        assert outstanding(more, elapsed_s) <= 1024 < outstanding(more + 1, elapsed_s)
+        assert more <= previous  # a slower first half leaves room for fewer
+        previous = more
+    # the first half alone left room for more pings than the queue holds: nothing more
+    assert events_within_queue(1024, 508, 300.0, 0.4) == 0

@@ -651,17 +651,16 @@ def widen_receive_buffer(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
 
 
-class KeepAlive:
-    """Sends an unsolicited ``pong`` every ``every_s`` so that a stalled reader is never silent.
+class Periodic:
+    """Calls ``send`` every ``every_s`` seconds on a thread of its own, until closed.
 
-    A stalled reader still sends: without it, the server's pings wait unread behind the
-    queued events and the reader looks dead (UNI-HB), which is not what a stall check tests.
-    ``send_pong`` sends one ``pong`` on the reader's connection; once it fails, the
-    connection is gone and nothing is left to keep alive.
+    For traffic a check keeps up beside its own steps: unsolicited pongs from a stalled
+    reader, so that it is never silent (UNI-HB), or pings the server must not need. Once
+    ``send`` fails, the connection is gone and the check itself reports how it ended.
     """
 
-    def __init__(self, send_pong: Callable[[], None], every_s: float) -> None:
-        self.send_pong, self.every_s = send_pong, every_s
+    def __init__(self, send: Callable[[], None], every_s: float) -> None:
+        self.send, self.every_s = send, every_s
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -669,7 +668,7 @@ class KeepAlive:
     def _run(self) -> None:
         while not self.stop.wait(self.every_s):
             try:
-                self.send_pong()
+                self.send()
             except (OSError, ConnectionClosed):
                 return
 

@@ -37,7 +37,7 @@ from unisock_conformance.deployment import (
     not_run,
 )
 from unisock_conformance.oracle import json_equal
-from unisock_conformance.wire import KeepAlive, stalling_socket, widen_receive_buffer
+from unisock_conformance.wire import Periodic, stalling_socket, widen_receive_buffer
 
 Frame = dict[str, Any]
 PAYLOAD_BYTES = 60_000
@@ -63,7 +63,7 @@ def _stalled_reader(deployment: Deployment, token: str, channel: str) -> Iterato
         max_queue=1,
         ping_interval=None,
     )
-    keepalive: KeepAlive | None = None
+    keepalive: Periodic | None = None
     try:
         ws.send(json.dumps({"type": "hello", "token": token}))
         welcome = json.loads(ws.recv(timeout=deployment.timeout()))
@@ -72,7 +72,7 @@ def _stalled_reader(deployment: Deployment, token: str, channel: str) -> Iterato
         while json.loads(ws.recv(timeout=deployment.timeout())).get("id") != "s1":
             pass
         every = welcome["heartbeat"]["interval_ms"] / 3000
-        keepalive = KeepAlive(lambda: ws.send(json.dumps({"type": "pong"})), every)
+        keepalive = Periodic(lambda: ws.send(json.dumps({"type": "pong"})), every)
         yield ws
     finally:
         if keepalive is not None:

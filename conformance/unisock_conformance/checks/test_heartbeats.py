@@ -8,7 +8,6 @@ on Unisock messages only: the test connections never send WebSocket control fram
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 from unisock_conformance.checks.conftest import User
 from unisock_conformance.deployment import Deployment, Names, ServerInfo
 from unisock_conformance.timing import require_time
-from unisock_conformance.wire import Conn
+from unisock_conformance.wire import Conn, Periodic
 
 Frame = dict[str, Any]
 PINGS = 2
@@ -31,27 +30,6 @@ def _timing(conn: Conn) -> tuple[float, float]:
 
 def _late(deployment: Deployment, seconds: float) -> float:
     return deployment.timeout(max(0.3, 0.25 * seconds))
-
-
-class Chatter:
-    """Sends a message every ``every_s`` seconds on a thread (traffic the server must not need)."""
-
-    def __init__(self, conn: Conn, every_s: float, message: Frame | str) -> None:
-        self.conn, self.every_s, self.message = conn, every_s, message
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop.wait(self.every_s):
-            try:
-                self.conn.send(self.message)
-            except Exception:  # closed: the check reports it
-                return
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
 
 
 # -- 8.3 server rules ------------------------------------------------------------------------------
@@ -72,7 +50,7 @@ def test_server_pings_every_interval_regardless_of_traffic(
     conn = user(names.tenant(), names.user())
     interval, _timeout = _timing(conn)
     # Client pings keep traffic flowing in both directions; server pings must not pause.
-    chatter = Chatter(conn, interval / 4, {"type": "ping"})
+    chatter = Periodic(lambda: conn.send({"type": "ping"}), interval / 4)
     try:
         arrivals = []
         for _ in range(PINGS):
@@ -159,7 +137,7 @@ def test_server_keeps_connection_alive_on_any_client_message(
     conn.auto_pong = False
     interval, timeout = _timing(conn)
     bound = interval + timeout
-    chatter = Chatter(conn, bound / 4, message)
+    chatter = Periodic(lambda: conn.send(message), bound / 4)
     try:
         assert not conn.closed.wait(1.5 * bound), (
             f"closed with {conn.close_code} {conn.close_reason!r} although a message "

@@ -28,7 +28,7 @@ from unisock_conformance.deployment import NOT_RUN_PREFIX, Deployment, Names, Se
 from unisock_conformance.wire import (
     PROTOCOL,
     Conn,
-    KeepAlive,
+    Periodic,
     stalling_socket,
     widen_receive_buffer,
 )
@@ -322,9 +322,12 @@ class RawSocket:
 
 def stalled_subscriber(
     deployment: Deployment, tenant: str, sub: str, channel: str
-) -> tuple[RawSocket, KeepAlive, Frame]:
+) -> tuple[RawSocket, Periodic, Frame]:
     """A subscriber of ``channel`` that reads nothing more until ``unstall``, kept alive by
-    pongs; returns it with its keep-alive (both for the caller to close) and its welcome."""
+    pongs; returns it with its keep-alive (both for the caller to close) and its welcome.
+
+    A stalled reader still sends: without the pongs, the server's pings wait unread behind
+    the queued events and the reader looks dead (UNI-HB), which is not what a stall tests."""
     raw = RawSocket(deployment)
     try:
         token = deployment.mint(tenant, sub, subscribe=(">",))
@@ -339,7 +342,7 @@ def stalled_subscriber(
         raw.close()
         raise
     every = welcome["heartbeat"]["interval_ms"] / 3000
-    return raw, KeepAlive(lambda: raw.send({"type": "pong"}), every), welcome
+    return raw, Periodic(lambda: raw.send({"type": "pong"}), every), welcome
 
 
 class Flood:
@@ -417,6 +420,20 @@ def test_server_closes_slow_consumer_4200_without_delaying_others(
         raw.close()
 
 
+def events_within_queue(queue: int, published: int, elapsed_s: float, interval_s: float) -> int:
+    """How many more events fit in ``queue`` after ``published`` took ``elapsed_s``: those
+    events and the pings of the whole stall, the rest of it predicted at the pace so far with
+    half as much again to spare (a publish slowed by the machine, not by the server)."""
+    per_event = elapsed_s / max(1, published)
+    more = queue - published
+    while more > 0:
+        stall = elapsed_s + 1.5 * more * per_event
+        if published + more + math.ceil(stall / interval_s) + 2 <= queue:
+            return more
+        more -= 1
+    return 0
+
+
 def _drain_seconds(count: int, size: int) -> float:
     """Time to read back ``count`` queued events of ``size`` octets: it grows with what the
     announced ``max_queue`` lets queue, so a large queue is not judged by a small one's wait."""
@@ -464,7 +481,10 @@ def test_server_keeps_a_stalled_consumer_with_max_queue_messages_outstanding(
 ) -> None:
     """Large events up to ``max_queue`` messages in all (pings included) while the reader is
     stalled: whatever part of them the transport took, the queue never held more than
-    ``max_queue``, so the connection stays open and loses nothing."""
+    ``max_queue``, so the connection stays open and loses nothing.
+
+    Pings queue beside the events, one per heartbeat interval of the stall, so the events
+    are published in two halves: the first half's pace sizes the second."""
     tenant, channel = names.tenant(), names.channel()
     raw, keepalive, welcome = stalled_subscriber(deployment, tenant, names.user(0), channel)
     try:
@@ -475,10 +495,16 @@ def test_server_keeps_a_stalled_consumer_with_max_queue_messages_outstanding(
         started = time.monotonic()
         # Room for the pings the server may send while the events are published and read.
         pings = math.ceil(deployment.timeout(2.0) / interval_s) + 2
-        count = queue - pings
-        if count < 8 or count > 5000:
+        planned = queue - pings
+        if planned < 8 or planned > 5000:
             pytest.skip(f"{NOT_RUN_PREFIX} max_queue {queue} with pings every {interval_s} s")
-        Flood(user, names, tenant).publish(channel, count, size)
+        flood = Flood(user, names, tenant)
+        first = planned // 2
+        flood.publish(channel, first, size)
+        elapsed = time.monotonic() - started
+        second = min(planned - first, events_within_queue(queue, first, elapsed, interval_s))
+        flood.publish(channel, second, size)
+        count = first + second
         stalled_for = time.monotonic() - started
         raw.unstall()
         messages: list[Frame] = []
