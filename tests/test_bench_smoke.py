@@ -113,15 +113,19 @@ def test_one_scenarios_cpu_over_anothers_is_given_for_each_peer_that_measured_bo
     figs = {
         "s1-1000": {"floor": cpu(4.0), "unisock": cpu(2.0), "ws": cpu(0.0)},
         "s2-rooms": {"floor": cpu(8.0), "unisock": cpu(5.0), "ws": cpu(6.0)},
+        "s2": {"unisock": cpu(6.0)},
     }
     rat = report.ratios({}, figs)
     assert rat["s2-rooms/s1-1000 floor"] == 2.0
     assert rat["s2-rooms/s1-1000 unisock"] == 2.5
+    assert rat["s2/s1-1000 unisock"] == 3.0
+    assert rat["s2/s2-rooms unisock"] == 1.2
     # A tiny run can use less CPU than one clock tick: no ratio over a zero.
     assert "s2-rooms/s1-1000 ws" not in rat
     summary = "\n".join(report.over_lines(rat))
     assert "Scenario 2's rooms over scenario 1" in summary
     assert "over `s1-1000`: floor 2.00x, unisock 2.50x." in summary
+    assert "Scenario 2 over its rooms" in summary and "over `s2-rooms`: unisock 1.20x." in summary
 
 
 def test_suite_runs_every_scenario_and_writes_results_summary_and_plots(tmp_path: Path) -> None:
@@ -187,12 +191,13 @@ def test_suite_runs_every_scenario_and_writes_results_summary_and_plots(tmp_path
     assert s5["published"] == s5["sent"] - sum(s5["refused_publishes"].values())
     assert s5["unanswered_publishes"] == 0
     assert s5["curve"] and s5["back_100_s"] is not None
-    assert data["figures"]["s1-4"]["unisock"]["cpu_s_per_million"]["valid_runs"] == 1
+    # Whether the run is valid rests on CPU shares of a few milliseconds, counted in clock
+    # ticks here: only that the figure says how many runs it rests on.
+    assert data["figures"]["s1-4"]["unisock"]["cpu_s_per_million"]["valid_runs"] in (0, 1)
     summary = (tmp_path / "summary.md").read_text()
     assert "TINY SIZE" in summary and "| `unisock` |" in summary and "## Targets" in summary
     assert "other programs used at most" in summary
     assert "## Scenario 2's rooms, every peer" in summary
-    assert "Scenario 2 over its rooms" in summary
 
 
 @pytest.mark.slow
