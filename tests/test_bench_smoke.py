@@ -128,6 +128,18 @@ def test_one_scenarios_cpu_over_anothers_is_given_for_each_peer_that_measured_bo
     assert "Scenario 2 over its rooms" in summary and "over `s2-rooms`: unisock 1.20x." in summary
 
 
+def test_a_run_of_the_one_in_flight_fan_out_alone_is_judged_as_such(bench: ModuleType) -> None:
+    report = importlib.import_module("bench.report")
+    cell = {"cpu_s_per_million": {"median": 5.0, "valid_runs": 3}}
+    floor = {"cpu_s_per_million": {"median": 4.0, "valid_runs": 3}}
+    figs = {"s1-1000-1": {"floor": floor, "unisock": cell}}
+    rows = {row[0]: row for row in report.targets(figs, report.ratios({}, figs))}
+    assert rows["S1 (1000 subscribers, one event in flight) vs floor"][2:] == (1.25, False)
+    # not mistaken for the batched runs, which this run did not measure
+    assert not any(label.startswith("S1 (1000-1") for label in rows)
+    assert "S1 (1000 subscribers) CPU/delivery vs floor" not in rows
+
+
 def test_suite_runs_every_scenario_and_writes_results_summary_and_plots(tmp_path: Path) -> None:
     """The tiny size, on the peers that need no extra install: every scenario's code path."""
     completed = subprocess.run(
