@@ -235,12 +235,20 @@ def units_reaching(
     return [unit for unit, modules in covered.items() if span & modules.get(mutant.module, set())]
 
 
+_PARSING = threading.Lock()
+"""One parse at a time: CPython 3.11's parser keeps a recursion count that two threads
+parsing at once corrupt ("AST constructor recursion depth mismatch"), and mutants are judged
+on several threads."""
+
+
 @functools.cache
 def _statement_starts(path: Path) -> tuple[tuple[int, int], ...]:
     """Every simple statement's (first line, last line), and every compound statement's
     header lines (up to its body), in the module at ``path``."""
     spans = []
-    for node in ast.walk(ast.parse(path.read_bytes())):
+    with _PARSING:
+        tree = ast.parse(path.read_bytes())
+    for node in ast.walk(tree):
         if not isinstance(node, ast.stmt):
             continue
         body = getattr(node, "body", None)
