@@ -244,7 +244,7 @@ def targets(figs: dict[str, Any], rat: dict[str, float]) -> list[tuple[str, str,
             f"{s1} unisock/pysio",
             TARGETS["s1_vs_pysio"],
         )
-    if s1:
+    if s1 is not None:
         ratio_row("S2 CPU/delivery vs S1 (unisock)", f"s2/{s1} unisock", TARGETS["s2_vs_s1"])
         ratio_row(
             "S2 CPU/delivery vs S1 with one event in flight (unisock)",
