@@ -579,9 +579,8 @@ class UnisockServer:
                 dirty.append(conn)
                 continue
             self._send(conn, frame, event)
-        if dirty and not self._flush_pending:
-            self._flush_pending = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        if dirty:
+            self._flush_soon()
         if delivered:
             self.metrics.messages_out.inc(delivered)  # one increment per event, not per frame
             self.metrics.deliveries.inc(delivered)
@@ -619,10 +618,14 @@ class UnisockServer:
         conn.out = [frame]
         if out is not None:
             return
+        self._flush_soon()
+        self._dirty.append(conn)
+
+    def _flush_soon(self) -> None:
+        """Have :meth:`_flush` run when this loop turn ends, once however many gather."""
         if not self._flush_pending:
             self._flush_pending = True
             asyncio.get_running_loop().call_soon(self._flush)
-        self._dirty.append(conn)
 
     def _flush(self) -> None:
         """End of the loop turn: write what each connection gathered."""

@@ -420,6 +420,12 @@ def test_server_closes_slow_consumer_4200_without_delaying_others(
         raw.close()
 
 
+def _pings_during(stall_s: float, interval_s: float) -> int:
+    """The most pings a server may queue during a stall of ``stall_s``: one per heartbeat
+    interval, and two for the intervals the stall starts and ends inside."""
+    return math.ceil(stall_s / interval_s) + 2
+
+
 def events_within_queue(queue: int, published: int, elapsed_s: float, interval_s: float) -> int:
     """How many more events fit in ``queue`` after ``published`` took ``elapsed_s``: those
     events and the pings of the whole stall, the rest of it predicted at the pace so far with
@@ -428,7 +434,7 @@ def events_within_queue(queue: int, published: int, elapsed_s: float, interval_s
     more = queue - published
     while more > 0:
         stall = elapsed_s + 1.5 * more * per_event
-        if published + more + math.ceil(stall / interval_s) + 2 <= queue:
+        if published + more + _pings_during(stall, interval_s) <= queue:
             return more
         more -= 1
     return 0
@@ -494,7 +500,7 @@ def test_server_keeps_a_stalled_consumer_with_max_queue_messages_outstanding(
         size = max(16, min(int(limits["max_message_bytes"]), 65536) - 512)
         started = time.monotonic()
         # Room for the pings the server may send while the events are published and read.
-        pings = math.ceil(deployment.timeout(2.0) / interval_s) + 2
+        pings = _pings_during(deployment.timeout(2.0), interval_s)
         planned = queue - pings
         if planned < 8 or planned > 5000:
             pytest.skip(f"{NOT_RUN_PREFIX} max_queue {queue} with pings every {interval_s} s")
@@ -522,7 +528,7 @@ def test_server_keeps_a_stalled_consumer_with_max_queue_messages_outstanding(
             )
         # A slow flood leaves time for more pings than planned, queued behind the events; a
         # server that cleared its queue for them shows none of them, so count them by time.
-        pings_meanwhile = math.ceil(stalled_for / interval_s) + 2
+        pings_meanwhile = _pings_during(stalled_for, interval_s)
         if code == 4200 and count + pings_meanwhile > queue:
             pytest.skip(
                 f"{NOT_RUN_PREFIX} publishing took {stalled_for:.1f} s, room for "
