@@ -44,13 +44,16 @@ def _history_to_exceed(server_info: ServerInfo, profile: str) -> int:
     return max_count
 
 
-def _publish_many(user: User, tenant: str, channel: str, count: int, burst: int) -> list[Frame]:
-    """``count`` acks on ``channel``, spreading the publishes over connections by rate burst."""
+def _publish_many(
+    user: User, tenant: str, channel: str, count: int, burst: int, first: int = 0
+) -> list[Frame]:
+    """``count`` acks on ``channel``, spreading the publishes over connections by rate burst
+    (publishers and payloads numbered from ``first``)."""
     acks: list[Frame] = []
     per_conn = max(1, burst - 2)
     publisher: Conn | None = None
-    for i in range(count):
-        if i % per_conn == 0:
+    for i in range(first, first + count):
+        if (i - first) % per_conn == 0:
             if publisher is not None:
                 publisher.close()
             publisher = user(tenant, f"pub-{i}")
@@ -393,9 +396,13 @@ def test_server_gaps_a_since_that_reaches_an_evicted_event_and_never_replays_par
     channel = f"{base}.x"
     witness = user(tenant, names.user(1))
     witness.subscribe(channel)
-    acks = _publish_many(user, tenant, channel, max_count + 3, burst)
+    # The first three offsets are past the guarantee; the rest are within it. Two
+    # milliseconds between them give the first kept event a later ts than the last droppable
+    # one (ts counts milliseconds), so a since between the two exists.
+    acks = _publish_many(user, tenant, channel, 3, burst)
+    witness.closed.wait(0.002)
+    acks += _publish_many(user, tenant, channel, max_count, burst, first=3)
     seen = witness.wait_events(lambda e: e["channel"] == channel, len(acks))
-    # The first three offsets are past the guarantee; the rest are within it.
     dropped, kept = seen[2], seen[3]
     if edge == "retained" and kept["ts"] == dropped["ts"]:
         not_run("the last droppable and the first guaranteed event share a millisecond")
