@@ -239,6 +239,35 @@ class BrokerContract:
 
         scenario(broker_factory, body)
 
+    def test_broker_applies_publishes_started_together_in_the_order_they_started(
+        self, broker_factory: BrokerFactory
+    ) -> None:
+        """The server pipelines one connection's publishes (UNI-TR-27): a burst started
+        without waiting is sequenced, deduplicated and heard in the order it started."""
+        other = tenant_key("acme", "tasks.43")
+
+        async def body(h: Harness) -> None:
+            started = []
+            for i in range(300):
+                key = TASKS if i % 3 else other
+                message_id = "m7" if i == 200 else f"m{i}"  # a repeat of publish 7 ...
+                started.append(asyncio.ensure_future(h.publish(key, message_id)))
+            results = await asyncio.gather(*started)
+            # ... is a duplicate of it, since it started after it.
+            assert results[200].duplicate is True
+            assert results[200].event.offset == results[7].event.offset
+            for key in (TASKS, other):
+                offsets = [
+                    r.event.offset
+                    for i, r in enumerate(results)
+                    if (TASKS if i % 3 else other) == key and i != 200
+                ]
+                assert offsets == list(range(1, len(offsets) + 1))
+            heard = await h.events.wait_for(299)
+            assert [e.record.message_id for e in heard] == [f"m{i}" for i in range(300) if i != 200]
+
+        scenario(broker_factory, body)
+
     def test_broker_keeps_separate_offset_spaces_per_tenant(
         self, broker_factory: BrokerFactory
     ) -> None:

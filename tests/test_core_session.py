@@ -1082,6 +1082,31 @@ def test_publish_starts_sequencing_with_a_complete_record() -> None:
     assert (record.publisher_sub, record.publisher_connection) == ("alice", "c1")
 
 
+def test_only_a_publish_that_cannot_change_state_is_taken_while_publishes_await_replies() -> None:
+    """UNI-TR-27: the server lets the core see a publish while earlier ones await their
+    replies; anything else, or a publish that would close the connection, waits for them."""
+    core, clock = new_core(ServerConfig(max_message_bytes=4096))
+    publish = json.dumps(publish_msg())
+    assert not core.takes_while_publishing(publish)  # no hello yet
+    assert frames(send(core, {"type": "hello", "token": token(ttl_s=60)}))[0]["type"] == "welcome"
+    assert core.takes_while_publishing(publish)
+    assert core.takes_while_publishing(json.dumps(publish_msg(channel="no such grant")))
+    for other in (
+        {"type": "subscribe", "id": "s1", "channel": "tasks.42"},
+        {"type": "ping", "id": "k1"},
+        ["publish"],
+        {"type": ["publish"]},
+    ):
+        assert not core.takes_while_publishing(json.dumps(other))
+    assert not core.takes_while_publishing('{"type": "publish", ')  # not JSON
+    assert not core.takes_while_publishing(json.dumps(publish_msg(data="x" * 4096)))  # 1009
+    clock.now += 60_000
+    assert not core.takes_while_publishing(publish)  # expired: 4101
+    clock.now -= 60_000
+    core.connection_closed()
+    assert not core.takes_while_publishing(publish)
+
+
 def test_coalescing_key_is_dropped_on_channels_that_do_not_coalesce() -> None:
     core, _ = opened()
     action = send(core, publish_msg(key="k1"))[0]

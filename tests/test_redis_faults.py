@@ -17,6 +17,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from broker_contract import TASKS, make_record
 from redis_support import PrivateRedis, private_redis
 from server_harness import (
     LIMIT,
@@ -299,3 +300,26 @@ async def test_a_connection_authenticated_during_an_outage_counts_once_redis_ans
             closed = await first.expect_close()
             assert (closed.code, closed.reason) == (4001, "superseded")
             await alive(second)
+
+
+@asynctest
+async def test_a_burst_sent_after_redis_forgot_the_script_is_applied_whole_and_in_order() -> None:
+    """A restarted or flushed script cache refuses a whole pipelined batch with NOSCRIPT; the
+    broker loads the script and sends the batch again, so nothing is lost or reordered."""
+    with private_redis() as redis_server:
+        broker = RedisBroker(redis_server.url)
+        await broker.start()
+        try:
+            first = await broker.publish(make_record(TASKS, "first"))
+            assert first.event.offset == 1
+            redis_server.client().script_flush()
+            burst = await asyncio.gather(
+                *(broker.publish(make_record(TASKS, f"m{i}")) for i in range(50))
+            )
+            assert [(r.duplicate, r.event.offset) for r in burst] == [
+                (False, offset) for offset in range(2, 52)
+            ]
+            assert [r.event.record.message_id for r in burst] == [f"m{i}" for i in range(50)]
+            assert (await broker.head(TASKS)).offset == 51
+        finally:
+            await broker.close()

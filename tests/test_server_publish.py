@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from redis_support import delete_prefix, fresh_prefix, require_redis
 from server_harness import asynctest, running_server, token
 
 TASK = {
@@ -337,3 +340,72 @@ async def test_server_acks_only_after_the_event_is_replayable() -> None:
         await bob.subscribe("tasks.9", **{"from": {"tasks.9": position}})
         [event] = await bob.events(1)
         assert (event["data"], event["offset"]) == ("stored", ack["offset"])
+
+
+@pytest.fixture(params=["memory", "redis"])
+def broker_setting(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """The server's broker: in memory, or a real Redis under a prefix of the test's own."""
+    if request.param == "memory":
+        yield {}
+        return
+    url = require_redis()
+    prefix = fresh_prefix("pipeline")
+    yield {"broker": url, "broker_key_prefix": prefix}
+    delete_prefix(url, prefix)
+
+
+def _publish(rid: str, channel: str, **extra: Any) -> str:
+    message = {
+        "type": "publish",
+        "id": rid,
+        "channel": channel,
+        "event": "note.posted",
+        "data": rid,
+        "message_id": f"m-{rid}",
+        **extra,
+    }
+    return json.dumps(message)
+
+
+@asynctest
+async def test_server_answers_a_burst_of_publishes_and_requests_in_the_order_it_received_them(
+    broker_setting: dict[str, Any],
+) -> None:
+    """UNI-TR-27, UNI-PUB-25: publishes sent without waiting (the server hands them to its
+    broker together) are sequenced and answered in order; a subscribe or a refusal among them
+    is answered after the publishes before it and before those after it, and the subscription
+    starts after the earlier publishes' events, so it receives only the later ones."""
+    async with running_server(publish_rate_burst=1000, **broker_setting) as h:
+        alice = await h.connect()
+        sent: list[str] = []
+        channels: dict[str, str] = {}
+        for i in range(240):
+            rid = f"p{i}"
+            channels[rid] = "tasks.43" if i % 4 == 0 else "tasks.42"
+            await alice.send_raw(_publish(rid, channels[rid]))
+            sent.append(rid)
+            if i == 99:
+                await alice.send({"type": "subscribe", "id": "s", "channel": "tasks.43"})
+                sent.append("s")
+            if i == 149:
+                await alice.send_raw(_publish("bad", "tasks.42", attrs={"x": [1]}))
+                sent.append("bad")
+        replies: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        while len(replies) < len(sent):
+            frame = await alice.recv()
+            (events if frame["type"] == "event" else replies).append(frame)
+        assert [r["id"] for r in replies] == sent
+        by_id = {r["id"]: r for r in replies}
+        assert by_id["s"]["type"] == "subscribed"
+        assert (by_id["bad"]["type"], by_id["bad"]["code"]) == ("error", "invalid_message")
+        for channel in ("tasks.42", "tasks.43"):
+            acks = [by_id[rid] for rid in sent if channels.get(rid) == channel]
+            assert all(a["type"] == "ack" for a in acks)
+            assert [a["offset"] for a in acks] == list(range(1, len(acks) + 1))
+        later = [rid for rid in sent[sent.index("s") :] if channels.get(rid) == "tasks.43"]
+        while len(events) < len(later):
+            frame = await alice.recv()
+            assert frame["type"] == "event", frame
+            events.append(frame)
+        assert [e["data"] for e in events] == later

@@ -188,6 +188,9 @@ class Broker(Protocol):
         (on ``$sys``: the publisher's tenant, channel and message_id, UNI-SEC-19),
         then hands the event to every listener (all nodes) in offset order per channel. The ack
         may be sent once this returns (UNI-PUB: an ack means sequenced and stored).
+
+        Publishes started without awaiting the earlier ones (the server pipelines a
+        connection's burst) are applied in the order they started (UNI-TR-27).
         """
         ...
 

@@ -24,7 +24,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any, Final
 
@@ -72,6 +72,8 @@ _BLOCK_MS: Final = 1000
 _READ_BATCH: Final = 500
 _POOL_SIZE: Final = 32
 """Commands in flight to Redis from one node at most; more wait for a connection."""
+_PUBLISH_BATCH: Final = 256
+"""Publishes sent in one pipeline at most."""
 _POOL_WAIT_S: Final = 5.0
 """How long a command may wait for a free connection during a burst before it fails."""
 _SCRIPT_SLOTS: Final = _POOL_SIZE - 4
@@ -99,6 +101,24 @@ def _default_encoder() -> FrameEncoder:
     from unisock.messages import encode_event_frame
 
     return encode_event_frame
+
+
+def _settle(batch: Sequence[tuple[PublishRecord, asyncio.Future[Any]]], error: Exception) -> None:
+    """Fail the publishes of ``batch`` that have no outcome yet."""
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(error)
+
+
+def _reply_or_error(reply: Any) -> Any:
+    """One pipelined script reply as :meth:`RedisBroker._script` would have judged it."""
+    if isinstance(reply, NoScriptError):
+        # Redis learnt the script again midway through the batch: the calls before that
+        # moment were not applied, and those after were, so a retry would reorder them.
+        return BrokerUnavailable("redis: script cache lost during a batch")
+    if isinstance(reply, ResponseError) and str(reply).startswith(_EXPIRED):
+        return BrokerUnavailable("redis: publish reached redis too late")  # UNI-ERR-6
+    return reply
 
 
 def _split_id(entry_id: str) -> tuple[int, int]:
@@ -157,6 +177,8 @@ class RedisBroker:
         self._unregistered: dict[str, int] = {}  # connection -> cap, registration to retry
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(_SCRIPT_SLOTS)
+        self._outbox: list[tuple[PublishRecord, asyncio.Future[PublishResult]]] = []
+        self._sender: asyncio.Task[None] | None = None
         self._cmd: Redis | None = None
         self._tail: Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -208,6 +230,12 @@ class RedisBroker:
     async def close(self) -> None:
         """Stop reading; listeners are never called afterwards."""
         self._closed = True
+        _settle(self._outbox, RuntimeError("broker is closed"))
+        self._outbox.clear()
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._sender
         for task in self._tasks:
             task.cancel()
         if self._cmd is not None and self._tail_id is not None:
@@ -243,11 +271,8 @@ class RedisBroker:
     def _now(self) -> str:
         return "-1" if self._clock is None else str(self._clock())
 
-    async def _call(
-        self, op: str, keys: list[str], *args: str | int, deadline: bool = False
-    ) -> Any:
-        """One script call; ``deadline`` appends the publish deadline, taken once a connection
-        is this call's, so that waiting for one during a burst never counts against it."""
+    async def _call(self, op: str, keys: list[str], *args: str | int) -> Any:
+        """One script call, waiting for a free slot (publishes go by :meth:`_pipelined`)."""
         if self._closed or self._cmd is None:
             raise RuntimeError("broker is closed")
         try:
@@ -257,18 +282,14 @@ class RedisBroker:
             # Redis answers, this node just has more to ask than connections: not an outage.
             raise BrokerUnavailable("redis: every connection busy") from None
         try:
-            return await self._script(op, keys, args, deadline)
+            return await self._script(op, keys, args)
         finally:
             self._slots.release()
 
-    async def _script(
-        self, op: str, keys: list[str], args: tuple[str | int, ...], deadline: bool
-    ) -> Any:
+    async def _script(self, op: str, keys: list[str], args: tuple[str | int, ...]) -> Any:
         assert self._cmd is not None
         every = [self.keys.generation, *keys]
         argv = [op, self._now(), _candidate(), *args]
-        if deadline:
-            argv.append(self._deadline())
         try:
             try:
                 reply = await self._cmd.evalsha(self._sha, len(every), *every, *argv)
@@ -278,11 +299,6 @@ class RedisBroker:
         except (RedisConnectionError, RedisTimeoutError, OSError) as error:
             self._unreachable(error)
             raise BrokerUnavailable(f"redis: {type(error).__name__}") from error
-        except ResponseError as error:
-            if str(error).startswith(_EXPIRED):
-                # Redis reached the publish after its deadline and refused it (UNI-ERR-6).
-                raise BrokerUnavailable("redis: publish reached redis too late") from error
-            raise
         self._answered()
         return reply
 
@@ -338,21 +354,80 @@ class RedisBroker:
         """Sequence, store, dedup and announce ``record`` in one script call (UNI-PUB-26).
 
         Returning means Redis applied it, so the caller may ack; listeners hear of it from the
-        fan-out stream, on every node alike.
+        fan-out stream, on every node alike. Publishes are queued as they start and sent
+        together, in that order, on one connection (see :meth:`_send_publishes`), so Redis
+        applies them in the order they started.
         """
+        future: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
+        if self._closed or self._cmd is None:
+            raise RuntimeError("broker is closed")
+        self._outbox.append((record, future))
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send_publishes())
+        return await future
+
+    async def _send_publishes(self) -> None:
+        """Send what is queued as one pipeline, wait for its replies, repeat while more came.
+
+        One batch at a time: a second one on another connection could reach Redis first. A
+        burst thus costs a round trip per batch rather than per publish, and its fan-out
+        entries reach every node's reader together.
+        """
+        try:
+            while self._outbox:
+                batch = self._outbox[:_PUBLISH_BATCH]
+                del self._outbox[:_PUBLISH_BATCH]
+                waiting = [(record, future) for record, future in batch if not future.done()]
+                if not waiting:
+                    continue
+                try:
+                    await self._publish_batch(waiting)
+                finally:
+                    # Cancelled as the broker closes: nobody waits for an answer never coming.
+                    _settle(waiting, BrokerUnavailable("redis: broker closed"))
+        finally:
+            self._sender = None
+
+    async def _publish_batch(self, batch: list[tuple[PublishRecord, asyncio.Future[Any]]]) -> None:
+        try:
+            async with asyncio.timeout(_POOL_WAIT_S):
+                await self._slots.acquire()
+        except TimeoutError:
+            # Redis answers, this node just has more to ask than connections: not an outage.
+            _settle(batch, BrokerUnavailable("redis: every connection busy"))
+            return
+        try:
+            replies = await self._pipelined([self._publish_call(record) for record, _ in batch])
+            for (record, future), reply in zip(batch, replies, strict=True):
+                if future.done():
+                    continue
+                if isinstance(reply, BaseException):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(self._published(record, reply))
+        except Exception as error:
+            # BrokerUnavailable, or a defect that every caller reports as internal_error.
+            _settle(batch, error)
+        finally:
+            self._slots.release()
+
+    def _publish_call(self, record: PublishRecord) -> tuple[list[str], list[str | int]]:
         key = record.key
         cid = channel_id(key)
-        reply = await self._call(
+        keys = [
+            self.keys.generation,
+            *self._channel_keys(cid),
+            self.keys.dedup(cid, record.message_id, record.dedup_tenant),
+            self.keys.sequence,
+            self.keys.fanout,
+            self.keys.scope(scope_of(key)),
+            self.keys.idle,
+            self.keys.tombstones(scope_of(key)),
+        ]
+        argv: list[str | int] = [
             "publish",
-            [
-                *self._channel_keys(cid),
-                self.keys.dedup(cid, record.message_id, record.dedup_tenant),
-                self.keys.sequence,
-                self.keys.fanout,
-                self.keys.scope(scope_of(key)),
-                self.keys.idle,
-                self.keys.tombstones(scope_of(key)),
-            ],
+            self._now(),
+            _candidate(),
             encode_record(record),
             self._max_count,
             self._max_age,
@@ -360,8 +435,41 @@ class RedisBroker:
             self._fanout_max,
             cid,
             self._max_age + _HISTORY_GRACE_MS,
-            deadline=True,
-        )
+        ]
+        return keys, argv
+
+    async def _pipelined(
+        self, calls: list[tuple[list[str], list[str | int]]], *, loaded: bool = False
+    ) -> list[Any]:
+        """Script calls in one round trip, in order; each reply, or the error of that call.
+
+        The deadline is taken now, when the connection is this batch's.
+        """
+        assert self._cmd is not None
+        deadline = self._deadline()
+        pipe = self._cmd.pipeline(transaction=False)
+        for keys, argv in calls:
+            pipe.evalsha(self._sha, len(keys), *keys, *argv, deadline)
+        try:
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            missing = [isinstance(reply, NoScriptError) for reply in replies]
+            if any(missing) and not loaded:
+                # A restarted Redis forgot the script. Calls from the first that missed it on
+                # were not applied, unless Redis learnt the script again meanwhile.
+                first = missing.index(True)
+                await self._cmd.script_load(_LUA)
+                if all(missing[first:]):
+                    retried = await self._pipelined(calls[first:], loaded=True)
+                    return replies[:first] + retried
+        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            self._unreachable(error)
+            raise BrokerUnavailable(f"redis: {type(error).__name__}") from error
+        self._answered()
+        return [_reply_or_error(reply) for reply in replies]
+
+    def _published(self, record: PublishRecord, reply: Any) -> PublishResult:
+        key = record.key
+        cid = channel_id(key)
         duplicate, epoch, offset, ts = bool(reply[0]), str(reply[1]), int(reply[2]), int(reply[3])
         if duplicate:
             # The original record when history still holds it; else this retry's, which has the

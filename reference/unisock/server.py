@@ -78,6 +78,10 @@ RETRY_AFTER_UNAVAILABLE_MS = 1000
 INBOUND_BUDGET = 8
 """Messages one connection may have handled in a row before the reader yields to others."""
 
+PUBLISH_DEPTH = 64
+"""Publishes of one connection handed to the broker and not yet answered, at most: the reader
+reads no further until the oldest is answered (TCP then slows the publisher down)."""
+
 
 def now_ms() -> int:
     """Wall-clock milliseconds: offsets' timestamps and token expiry are wall-clock based."""
@@ -116,6 +120,10 @@ class _Conn:
     closer: asyncio.Task[None] | None = None
     awaiting: bool = False
     """The reader awaits broker work for this connection and reads nothing meanwhile."""
+    publishes: deque[tuple[str, asyncio.Task[PublishResult]]] | None = None
+    """Publishes handed to the broker and not yet answered, oldest first (request id, work)."""
+    replier: asyncio.Task[None] | None = None
+    """Answers ``publishes`` in order; ends when none is left."""
 
 
 class _Protocol(ServerProtocol):
@@ -366,7 +374,14 @@ class UnisockServer:
             while True:
                 # recv() rather than ``async for``: no async generator per connection, and
                 # no local keeps the last message or its actions while the connection idles.
-                await self._apply(conn, self._receive(core, await ws.recv()))
+                message = await ws.recv()
+                if conn.publishes is not None and not (
+                    isinstance(message, str) and core.takes_while_publishing(message)
+                ):
+                    # Earlier publishes are answered before the core sees anything else
+                    # (UNI-TR-27): an unsubscribe, say, must not overtake their fan-out.
+                    await self._answered(conn)
+                await self._apply(conn, self._receive(core, message))
                 if conn.closing:
                     break
                 self._schedule(conn)
@@ -418,13 +433,20 @@ class UnisockServer:
                 await conn.ws.close()
 
     async def _apply(self, conn: _Conn, actions: list[Action]) -> None:
-        """Carry out the core's actions in order; broker work is awaited in place."""
+        """Carry out the core's actions in order; broker work is awaited in place, except a
+        publish, which is pipelined behind the connection's earlier ones (see _pipeline)."""
+        if conn.publishes is not None:
+            if len(actions) == 1 and isinstance(actions[0], StartPublish):
+                await self._pipeline(conn, actions[0])
+                return
+            await self._answered(conn)  # a refusal, say, is never answered before them
         for action in actions:
             if isinstance(action, StartSubscribe):
                 self.index.add(conn, action)
                 work = self._subscribe(conn, action)
             elif isinstance(action, StartPublish):
-                work = self._publish(conn, action)
+                await self._pipeline(conn, action)
+                continue
             elif isinstance(action, RefuseUnlessDuplicate):
                 work = self._refuse_unless_duplicate(conn, action)
             elif isinstance(action, Authenticated):
@@ -514,17 +536,61 @@ class UnisockServer:
         else:
             self.metrics.resume_gaps.labels(gap).inc()
 
-    async def _publish(self, conn: _Conn, action: StartPublish) -> None:
+    async def _pipeline(self, conn: _Conn, action: StartPublish) -> None:
+        """Hand a publish to the broker and go on reading: a burst of publishes from one
+        connection reaches the broker together (one round trip to Redis for many) instead of
+        one round trip apart.
+
+        Order holds: the broker applies publishes in the order they start (its contract), the
+        replier answers them in that order, and the reader lets the core see nothing but
+        another publish until they are answered (UNI-TR-27).
+        """
+        work = asyncio.ensure_future(self.broker.publish(action.record))
+        pending = conn.publishes
+        if pending is None:
+            pending = conn.publishes = deque()
+            conn.replier = asyncio.create_task(self._reply_in_order(conn, pending))
+        pending.append((action.request_id, work))
+        if len(pending) > PUBLISH_DEPTH:
+            oldest = pending[-PUBLISH_DEPTH - 1][1]
+            if not oldest.done():
+                conn.awaiting = True
+                try:
+                    await asyncio.wait((oldest,))
+                finally:
+                    conn.awaiting = False
+
+    async def _reply_in_order(
+        self, conn: _Conn, pending: deque[tuple[str, asyncio.Task[PublishResult]]]
+    ) -> None:
         try:
-            result = await self.broker.publish(action.record)
-        except Exception as failure:
-            _log_failure("publish", conn.core.connection_id, failure)
-            error = _failure_error(failure)
-            self._apply_sync(conn, conn.core.publish_failed(action.request_id, error))
+            while pending:
+                request_id, work = pending[0]
+                try:
+                    result = await work
+                except Exception as failure:
+                    _log_failure("publish", conn.core.connection_id, failure)
+                    error = _failure_error(failure)
+                    self._apply_sync(conn, conn.core.publish_failed(request_id, error))
+                else:
+                    if not result.duplicate:
+                        self.metrics.published.inc()
+                    self._apply_sync(conn, conn.core.publish_result(request_id, result))
+                pending.popleft()
+        finally:
+            conn.publishes = None
+            conn.replier = None
+
+    async def _answered(self, conn: _Conn) -> None:
+        """Wait until every publish the connection started is answered."""
+        replier = conn.replier
+        if replier is None:
             return
-        if not result.duplicate:
-            self.metrics.published.inc()
-        self._apply_sync(conn, conn.core.publish_result(action.request_id, result))
+        conn.awaiting = True
+        try:
+            await asyncio.shield(replier)
+        finally:
+            conn.awaiting = False
 
     async def _refuse_unless_duplicate(self, conn: _Conn, action: RefuseUnlessDuplicate) -> None:
         core = conn.core

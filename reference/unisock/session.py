@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from unisock import jsonlimits
 from unisock.auth import Identity, TokenVerifier
 from unisock.broker import (
     GAP_EPOCH_CHANGED,
@@ -552,6 +553,24 @@ class SessionCore:
             return [_reply_error(exc)]
         except Exception as exc:  # UNI-ERR: internals never reach the wire
             return [_reply_error(InternalError(_request_id(message))), InternalFailure(exc)]
+
+    def takes_while_publishing(self, text: str) -> bool:
+        """Whether ``text`` may reach :meth:`receive_text` while earlier publishes still await
+        their replies: a publish, in a state where taking it changes nothing but the rate
+        bucket, so the core answers the earlier ones as it would have before (UNI-TR-27).
+
+        Anything else waits for those replies, so that its effects follow theirs.
+        """
+        identity = self.identity
+        if self.state not in _DELIVERING or identity is None:
+            return False
+        if _too_big(text, self.config.max_message_bytes) or self._clock() >= identity.expires_at_ms:
+            return False  # closes the connection
+        try:
+            obj = jsonlimits.loads(text)
+        except jsonlimits.JsonLimitError:
+            return False
+        return isinstance(obj, dict) and obj.get("type") == "publish"
 
     def receive_binary(self) -> list[Action]:
         """A binary frame: Unisock is text only (UNI-TR, close 1003)."""
