@@ -36,6 +36,8 @@ Expected catches, variant -> check (requirement):
   unsubscribed (UNI-SUB-14)
 - reordered_fanout -> test_server_orders_events_per_channel_under_concurrent_publishers
   (UNI-DEL-14)
+- publish_overtaken -> test_server_sequences_and_answers_a_burst_of_publishes_in_arrival_order
+  (UNI-TR-27)
 - subscription_cap_ignored -> test_server_refuses_subscription_beyond_max_subscriptions_
   counting_namespaces (UNI-SUB-5)
 - supersede_ignored, superseded_closes_4200 -> test_server_supersedes_older_connection_of_the_

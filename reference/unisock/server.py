@@ -379,7 +379,7 @@ class UnisockServer:
                     isinstance(message, str) and core.takes_while_publishing(message)
                 ):
                     # Earlier publishes are answered before the core sees anything else
-                    # (UNI-TR-27): an unsubscribe, say, must not overtake their fan-out.
+                    # (UNI-TR-27): an unsubscribe, say, takes effect after theirs.
                     await self._answered(conn)
                 await self._apply(conn, self._receive(core, message))
                 if conn.closing:

@@ -541,6 +541,17 @@ def reordered_fanout() -> None:
 # --- limits, sessions, heartbeats, close codes -------------------------------------------------
 
 
+def publish_overtaken() -> None:
+    """Pipelined publishes hold nothing back: a request that arrives while the connection's
+    publishes await the broker is applied and answered at once, ahead of them."""
+
+    async def answered(self: UnisockServer, conn: Any) -> None:
+        return None
+
+    _replace(UnisockServer, "_answered", answered)
+    _replace(SessionCore, "takes_while_publishing", lambda self, text: True)
+
+
 def subscription_cap_ignored() -> None:
     """``max_subscriptions`` is announced in ``welcome`` but never enforced."""
 
@@ -764,6 +775,7 @@ VARIANTS: dict[str, Variant] = {
             "UNI-SUB-14",
         ),
         _v(reordered_fanout, "orders_events_per_channel_under_concurrent", "UNI-DEL-14"),
+        _v(publish_overtaken, "burst_of_publishes_in_arrival_order", "UNI-TR-27"),
         _v(subscription_cap_ignored, "beyond_max_subscriptions", "UNI-SUB-5"),
         _v(supersede_ignored, "supersedes_older_connection_of_the_same_session", "UNI-SESS-6"),
         _v(

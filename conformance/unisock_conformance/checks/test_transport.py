@@ -502,6 +502,51 @@ def test_server_applies_pipelined_requests_in_arrival_order(user: User, names: N
     assert not conn.events(channel), "event delivered after the last unsubscribe was processed"
 
 
+@pytest.mark.requirement("UNI-TR-27", "UNI-PUB-25")
+def test_server_sequences_and_answers_a_burst_of_publishes_in_arrival_order(
+    user: User, names: Names
+) -> None:
+    # Publishes sent without waiting, as a backend publisher sends them: a server that hands
+    # them to its store together must still sequence and answer them in arrival order, and a
+    # subscribe among them takes effect after the earlier ones and before the later ones.
+    channel = names.channel()
+    conn = user(names.tenant(), names.user())
+    assert conn.welcome is not None
+    burst = int(conn.welcome["limits"]["publish_rate"]["burst"])
+    count = max(4, min(24, burst - 1))  # within one bucket where the deployment allows it
+    half = count // 2
+    sent: list[str] = []
+    for index in range(count):
+        if index == half:
+            conn.send({"type": "subscribe", "id": "b-sub", "channel": channel})
+            sent.append("b-sub")
+        conn.send(conn.publish_message(channel, data={"n": index}, id=f"b{index}"))
+        sent.append(f"b{index}")
+    conn.send({"type": "ping", "id": "b-end"})
+    conn.expect("pong", where=lambda f: f.get("id") == "b-end")
+    replies = {f["id"]: f for f in conn.frames if f.get("id") in sent}
+    order = [f["id"] for f in conn.frames if f.get("id") in sent]
+    assert order == sent, f"replies out of arrival order: {order}"
+    acks = [replies[f"b{index}"] for index in range(count)]
+    assert all(a["type"] == "ack" for a in acks), [a.get("code", a["type"]) for a in acks]
+    offsets = [a["offset"] for a in acks]
+    assert offsets == list(range(offsets[0], offsets[0] + count)), (
+        f"a burst on one channel was not sequenced in arrival order: {offsets}"
+    )
+    subscribed = replies["b-sub"]
+    assert subscribed["type"] == "subscribed", subscribed
+    assert subscribed["position"]["offset"] == offsets[half - 1], (
+        f"the subscribe did not start after the {half} publishes before it: {subscribed}"
+    )
+    # Events of one channel arrive in offset order (UNI-DEL-14): once the last is here, any
+    # event of an earlier publish that the subscription wrongly delivered is here too.
+    conn.wait_events(lambda e: e.get("channel") == channel and e["offset"] == offsets[-1])
+    delivered = [e["offset"] for e in conn.events(channel)]
+    assert delivered == offsets[half:], (
+        f"the subscription's events are not exactly the publishes after it: {delivered}"
+    )
+
+
 @pytest.mark.requirement("UNI-TR-28")
 def test_server_sends_events_and_notifications_without_id(
     user: User, deployment: Deployment, names: Names
