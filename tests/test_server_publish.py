@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -9,7 +10,11 @@ from typing import Any
 import pytest
 
 from redis_support import delete_prefix, fresh_prefix, require_redis
-from server_harness import asynctest, running_server, token
+from server_harness import LIMIT, asynctest, running_server, token
+from unisock.broker import PublishRecord, PublishResult
+from unisock.memory_broker import MemoryBroker
+from unisock.messages import encode_event_frame
+from unisock.server import PUBLISH_DEPTH
 
 TASK = {
     "task_id": "42",
@@ -409,3 +414,45 @@ async def test_server_answers_a_burst_of_publishes_and_requests_in_the_order_it_
             assert frame["type"] == "event", frame
             events.append(frame)
         assert [e["data"] for e in events] == later
+
+
+class GatedBroker(MemoryBroker):
+    """The in-memory broker, except that publishes wait at a gate; counts those waiting."""
+
+    def __init__(self, hold: int) -> None:
+        super().__init__(encode_frame=encode_event_frame)
+        self.gate = asyncio.Event()
+        self.held = asyncio.Event()  # set once ``hold`` publishes wait together
+        self.hold = hold
+        self.waiting = 0
+        self.most = 0
+
+    async def publish(self, record: PublishRecord) -> PublishResult:
+        self.waiting += 1
+        self.most = max(self.most, self.waiting)
+        if self.waiting >= self.hold:
+            self.held.set()
+        try:
+            await self.gate.wait()
+        finally:
+            self.waiting -= 1
+        return await super().publish(record)
+
+
+@asynctest
+async def test_server_hands_at_most_publish_depth_publishes_of_a_connection_to_its_broker() -> None:
+    """A publisher that never waits for acks meets back-pressure: the server stops reading
+    its connection while PUBLISH_DEPTH of its publishes await the broker, and answers every
+    one, in order, once the broker does (UNI-PUB-25)."""
+    broker = GatedBroker(hold=PUBLISH_DEPTH)
+    count = PUBLISH_DEPTH + 40
+    async with running_server(publish_rate_burst=1000, broker_object=broker) as h:
+        alice = await h.connect()
+        for i in range(count):
+            await alice.send_raw(_publish(f"p{i}", "tasks.42"))
+        await asyncio.wait_for(broker.held.wait(), LIMIT)
+        broker.gate.set()
+        acks = [await alice.expect_next("ack") for _ in range(count)]
+        assert [a["id"] for a in acks] == [f"p{i}" for i in range(count)]
+        assert [a["offset"] for a in acks] == list(range(1, count + 1))
+        assert broker.most == PUBLISH_DEPTH

@@ -545,20 +545,23 @@ class UnisockServer:
         replier answers them in that order, and the reader lets the core see nothing but
         another publish until they are answered (UNI-TR-27).
         """
-        work = asyncio.ensure_future(self.broker.publish(action.record))
         pending = conn.publishes
-        if pending is None:
-            pending = conn.publishes = deque()
-            conn.replier = asyncio.create_task(self._reply_in_order(conn, pending))
-        pending.append((action.request_id, work))
-        if len(pending) > PUBLISH_DEPTH:
-            oldest = pending[-PUBLISH_DEPTH - 1][1]
+        if pending is not None and len(pending) >= PUBLISH_DEPTH:
+            # Brokers answer in the order publishes started: once this one is answered, at
+            # most PUBLISH_DEPTH - 1 are still with the broker.
+            oldest = pending[-PUBLISH_DEPTH][1]
             if not oldest.done():
                 conn.awaiting = True
                 try:
                     await asyncio.wait((oldest,))
                 finally:
                     conn.awaiting = False
+            pending = conn.publishes  # the replier may have answered them all meanwhile
+        work = asyncio.ensure_future(self.broker.publish(action.record))
+        if pending is None:
+            pending = conn.publishes = deque()
+            conn.replier = asyncio.create_task(self._reply_in_order(conn, pending))
+        pending.append((action.request_id, work))
 
     async def _reply_in_order(
         self, conn: _Conn, pending: deque[tuple[str, asyncio.Task[PublishResult]]]
