@@ -358,9 +358,9 @@ class RedisBroker:
         together, in that order, on one connection (see :meth:`_send_publishes`), so Redis
         applies them in the order they started.
         """
-        future: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
         if self._closed or self._cmd is None:
             raise RuntimeError("broker is closed")
+        future: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
         self._outbox.append((record, future))
         if self._sender is None:
             self._sender = asyncio.create_task(self._send_publishes())

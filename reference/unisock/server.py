@@ -566,6 +566,8 @@ class UnisockServer:
     async def _reply_in_order(
         self, conn: _Conn, pending: deque[tuple[str, asyncio.Task[PublishResult]]]
     ) -> None:
+        """Answer the connection's publishes, oldest first, as the broker settles them; a
+        failure is answered like any other (UNI-PUB-25: one reply each)."""
         try:
             while pending:
                 request_id, work = pending[0]
