@@ -1087,24 +1087,28 @@ def test_only_a_publish_that_cannot_change_state_is_taken_while_publishes_await_
     replies; anything else, or a publish that would close the connection, waits for them."""
     core, clock = new_core(ServerConfig(max_message_bytes=4096))
     publish = json.dumps(publish_msg())
-    assert not core.takes_while_publishing(publish)  # no hello yet
+    assert core.pipelined_publish(publish) is None  # no hello yet
     assert frames(send(core, {"type": "hello", "token": token(ttl_s=60)}))[0]["type"] == "welcome"
-    assert core.takes_while_publishing(publish)
-    assert core.takes_while_publishing(json.dumps(publish_msg(channel="no such grant")))
+    decoded = core.pipelined_publish(publish)
+    assert decoded == json.loads(publish)
+    refused = json.dumps(publish_msg(channel="no such grant"))
+    assert core.pipelined_publish(refused) == json.loads(refused)  # refused by receive_text
+    [start] = core.receive_text(publish, decoded)  # not decoded again, the same outcome
+    assert isinstance(start, StartPublish) and start.record.message_id == "m-p1"
     for other in (
         {"type": "subscribe", "id": "s1", "channel": "tasks.42"},
         {"type": "ping", "id": "k1"},
         ["publish"],
         {"type": ["publish"]},
     ):
-        assert not core.takes_while_publishing(json.dumps(other))
-    assert not core.takes_while_publishing('{"type": "publish", ')  # not JSON
-    assert not core.takes_while_publishing(json.dumps(publish_msg(data="x" * 4096)))  # 1009
+        assert core.pipelined_publish(json.dumps(other)) is None
+    assert core.pipelined_publish('{"type": "publish", ') is None  # not JSON
+    assert core.pipelined_publish(json.dumps(publish_msg(data="x" * 4096))) is None  # 1009
     clock.now += 60_000
-    assert not core.takes_while_publishing(publish)  # expired: 4101
+    assert core.pipelined_publish(publish) is None  # expired: 4101
     clock.now -= 60_000
     core.connection_closed()
-    assert not core.takes_while_publishing(publish)
+    assert core.pipelined_publish(publish) is None
 
 
 def test_coalescing_key_is_dropped_on_channels_that_do_not_coalesce() -> None:

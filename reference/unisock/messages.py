@@ -784,17 +784,20 @@ def _build(kind: str, obj: Mapping[str, Any]) -> ClientMessage:
     return Pong(id=obj.get("id"), nonce=obj.get("nonce"))
 
 
-def parse_client_message(text: str, *, max_filter_nodes: int = MAX_NODES) -> ClientMessage:
+def parse_client_message(
+    text: str, *, max_filter_nodes: int = MAX_NODES, decoded: dict[str, Any] | None = None
+) -> ClientMessage:
     """Parse one client frame (UNI-TR, UNI-ERR).
 
     Order: JSON (``invalid_json``) -> object with a string ``type`` (``invalid_message``) ->
     known type (``unknown_type``) -> fields with their own code -> schema (``invalid_message``).
     Raises only ``RequestError`` subclasses, carrying the ``id`` when it was readable.
+    ``decoded`` is ``text`` already decoded by :func:`jsonlimits.loads`, not decoded again.
     """
     try:
         # UNI-TR-29..31: nesting, number range and lone surrogates are judged here, once, so
         # no later stage (schema, filter, encoding the reply or the event) meets them.
-        obj = jsonlimits.loads(text)
+        obj = decoded if decoded is not None else jsonlimits.loads(text)
     except jsonlimits.JsonLimitError:
         raise InvalidJson("the frame is not valid JSON") from None
     if not isinstance(obj, dict):

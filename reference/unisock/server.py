@@ -375,13 +375,15 @@ class UnisockServer:
                 # recv() rather than ``async for``: no async generator per connection, and
                 # no local keeps the last message or its actions while the connection idles.
                 message = await ws.recv()
-                if conn.publishes is not None and not (
-                    isinstance(message, str) and core.takes_while_publishing(message)
-                ):
-                    # Earlier publishes are answered before the core sees anything else
-                    # (UNI-TR-27): an unsubscribe, say, takes effect after theirs.
-                    await self._answered(conn)
-                await self._apply(conn, self._receive(core, message))
+                decoded = None
+                if conn.publishes is not None:
+                    if isinstance(message, str):
+                        decoded = core.pipelined_publish(message)
+                    if decoded is None:
+                        # Earlier publishes are answered before the core sees anything else
+                        # (UNI-TR-27): an unsubscribe, say, takes effect after theirs.
+                        await self._answered(conn)
+                await self._apply(conn, self._receive(core, message, decoded))
                 if conn.closing:
                     break
                 self._schedule(conn)
@@ -401,10 +403,12 @@ class UnisockServer:
         finally:
             await self._cleanup(conn)
 
-    def _receive(self, core: SessionCore, message: str | bytes) -> list[Action]:
+    def _receive(
+        self, core: SessionCore, message: str | bytes, decoded: dict[str, Any] | None
+    ) -> list[Action]:
         self.metrics.messages_in.inc()
         if isinstance(message, str):
-            return core.receive_text(message)
+            return core.receive_text(message, decoded)
         return core.receive_binary()
 
     async def _cleanup(self, conn: _Conn) -> None:
@@ -435,11 +439,10 @@ class UnisockServer:
     async def _apply(self, conn: _Conn, actions: list[Action]) -> None:
         """Carry out the core's actions in order; broker work is awaited in place, except a
         publish, which is pipelined behind the connection's earlier ones (see _pipeline)."""
-        if conn.publishes is not None:
-            if len(actions) == 1 and isinstance(actions[0], StartPublish):
-                await self._pipeline(conn, actions[0])
-                return
-            await self._answered(conn)  # a refusal, say, is never answered before them
+        if conn.publishes is not None and not (
+            len(actions) == 1 and isinstance(actions[0], StartPublish)
+        ):
+            await self._answered(conn)  # a refused publish, say, is answered after them
         for action in actions:
             if isinstance(action, StartSubscribe):
                 self.index.add(conn, action)

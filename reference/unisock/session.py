@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from unisock import jsonlimits
 from unisock.auth import Identity, TokenVerifier
@@ -506,14 +507,14 @@ class SessionCore:
 
     # -- inbound frames ------------------------------------------------------------------------
 
-    def receive_text(self, text: str) -> list[Action]:
-        """One inbound text frame.
+    def receive_text(self, text: str, decoded: dict[str, Any] | None = None) -> list[Action]:
+        """One inbound text frame (``decoded``: from :meth:`pipelined_publish`).
 
         Nothing escapes: a defect anywhere below closes this connection with 1011 and no
         detail (UNI-ERR-10), never the transport's default close.
         """
         try:
-            return self._receive_text(text)
+            return self._receive_text(text, decoded)
         except Exception as exc:
             return [*self.internal_failure(), InternalFailure(exc)]
 
@@ -523,7 +524,7 @@ class SessionCore:
             return []
         return self._close(Input.CLOSE, CloseCode.INTERNAL_ERROR, "internal_error")
 
-    def _receive_text(self, text: str) -> list[Action]:
+    def _receive_text(self, text: str, decoded: dict[str, Any] | None) -> list[Action]:
         if self.state is State.CLOSED:
             return []
         now = self._clock()
@@ -536,7 +537,9 @@ class SessionCore:
             # UNI-AUTH-21: nothing (a late refresh included) is applied once the token expired.
             return self._close_error(Input.TOKEN_EXPIRED, TokenExpired())
         try:
-            message = parse_client_message(text, max_filter_nodes=self.config.max_filter_nodes)
+            message = parse_client_message(
+                text, max_filter_nodes=self.config.max_filter_nodes, decoded=decoded
+            )
         except RequestError as exc:
             self._move(Input.REQUEST)
             if exc.message_type == "publish":
@@ -554,23 +557,27 @@ class SessionCore:
         except Exception as exc:  # UNI-ERR: internals never reach the wire
             return [_reply_error(InternalError(_request_id(message))), InternalFailure(exc)]
 
-    def takes_while_publishing(self, text: str) -> bool:
-        """Whether ``text`` may reach :meth:`receive_text` while earlier publishes still await
-        their replies: a publish, in a state where taking it changes nothing but the rate
-        bucket, so the core answers the earlier ones as it would have before (UNI-TR-27).
+    def pipelined_publish(self, text: str) -> dict[str, Any] | None:
+        """``text`` decoded, when it may reach :meth:`receive_text` while earlier publishes
+        still await their replies; else None.
 
-        Anything else waits for those replies, so that its effects follow theirs.
+        Only a publish qualifies, in a state where taking it changes nothing but the rate
+        bucket, so the core answers the earlier ones as it would have before (UNI-TR-27).
+        Anything else waits for those replies, so that its effects follow theirs. Hand the
+        result to :meth:`receive_text`, which then does not decode ``text`` again.
         """
         identity = self.identity
         if self.state not in _DELIVERING or identity is None:
-            return False
+            return None
         if _too_big(text, self.config.max_message_bytes) or self._clock() >= identity.expires_at_ms:
-            return False  # closes the connection
+            return None  # closes the connection
         try:
             obj = jsonlimits.loads(text)
         except jsonlimits.JsonLimitError:
-            return False
-        return isinstance(obj, dict) and obj.get("type") == "publish"
+            return None
+        if isinstance(obj, dict) and obj.get("type") == "publish":
+            return obj
+        return None
 
     def receive_binary(self) -> list[Action]:
         """A binary frame: Unisock is text only (UNI-TR, close 1003)."""

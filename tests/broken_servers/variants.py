@@ -549,7 +549,6 @@ def publish_overtaken() -> None:
         return None
 
     _replace(UnisockServer, "_answered", answered)
-    _replace(SessionCore, "takes_while_publishing", lambda self, text: True)
 
 
 def subscription_cap_ignored() -> None:
