@@ -203,7 +203,7 @@ def test_an_exception_anywhere_in_the_core_closes_1011_not_the_transport_default
     core, _ = opened()
     boom = RecursionError("deep")
 
-    def explode(text: str) -> Any:
+    def explode(text: str, decoded: Any) -> Any:
         raise boom
 
     core._receive_text = explode  # type: ignore[method-assign]

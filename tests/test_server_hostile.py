@@ -151,7 +151,7 @@ async def test_a_defect_escaping_the_core_closes_that_connection_1011_only() -> 
         victim = await server.connect()
         other = await server.connect(token(sub="bob"))
 
-        def explode(text: str) -> Any:
+        def explode(text: str, decoded: Any) -> Any:
             raise RecursionError("deep")
 
         for each in server.server.conns.values():
